@@ -1,0 +1,205 @@
+"""Typed control messages between signalling and shards, over a unix socket.
+
+Requests carry an id and get exactly one Response; notifications flow either
+way with no reply. Frames are msgpack with a 4-byte length prefix. Control is
+rare (peer joins, leaves, keyframe asks), so clarity beats speed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import struct
+from typing import Any, Union
+
+import msgspec
+
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+
+
+class Struct(msgspec.Struct, tag=True, kw_only=True):
+    pass
+
+
+# --- requests (signalling -> shard) --------------------------------------------------
+
+
+class CreateWebRtcTransport(Struct):
+    transport_id: str
+    room: str
+    peer_id: str
+    local_ufrag: str
+    local_pwd: str
+    remote_ufrag: str
+    remote_pwd: str
+    dtls_role: str  # our role: "client" | "server"
+    remote_fingerprint: tuple[str, str]
+
+
+class RestartIce(Struct):
+    transport_id: str
+    local_ufrag: str
+    local_pwd: str
+    remote_ufrag: str
+    remote_pwd: str
+
+
+class CloseTransport(Struct):
+    transport_id: str
+
+
+class Produce(Struct):
+    transport_id: str
+    producer_id: str
+    kind: str
+    codec: str
+    mid: str
+    payload_type: int
+    clock_rate: int
+    rtx_payload_type: int | None = None
+    ssrc: int | None = None  # None: learnt from the first packet carrying our mid
+    rtx_ssrc: int | None = None
+    extensions: dict[str, int] = {}
+
+
+class Consume(Struct):
+    transport_id: str
+    consumer_id: str
+    producer_id: str
+    mid: str
+    payload_type: int
+    ssrc: int
+    rtx_payload_type: int | None = None
+    rtx_ssrc: int | None = None
+    extensions: dict[str, int] = {}
+    nack: bool = True
+
+
+class GetStats(Struct):
+    pass
+
+
+Request = Union[CreateWebRtcTransport, RestartIce, CloseTransport, Produce, Consume, GetStats]
+
+# --- notifications (shard -> signalling) ----------------------------------------------
+
+
+class Hello(Struct):
+    shard_id: int
+    pid: int
+    rtc_port: int
+    fingerprint_sha256: str
+
+
+class TransportStateChanged(Struct):
+    transport_id: str
+    state: str  # "connected" | "closed" | "failed"
+    reason: str = ""
+
+
+Notification = Union[Hello, TransportStateChanged]
+
+
+class RequestFrame(msgspec.Struct, tag="req"):
+    id: int
+    body: Request
+
+
+class ResponseFrame(msgspec.Struct, tag="res"):
+    id: int
+    ok: bool
+    result: Any = None
+    error: str = ""
+
+
+class NotificationFrame(msgspec.Struct, tag="note"):
+    body: Notification
+
+
+Frame = Union[RequestFrame, ResponseFrame, NotificationFrame]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Frame)
+_LEN = struct.Struct("!I")
+
+
+class ControlError(Exception):
+    pass
+
+
+class Channel:
+    """One end of a control connection: request/response with ids and timeouts."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener: Any) -> None:
+        """``listener`` has ``async on_request(body) -> result`` and ``on_notification(body)``."""
+        self._reader = reader
+        self._writer = writer
+        self._listener = listener
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+        self.closed = asyncio.get_running_loop().create_future()
+
+    async def request(self, body: Request, timeout_s: float = 5.0) -> Any:
+        rid = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        self._send(RequestFrame(id=rid, body=body))
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except asyncio.TimeoutError:
+            raise ControlError(f"{type(body).__name__} timed out after {timeout_s} s") from None
+        finally:
+            self._pending.pop(rid, None)
+
+    def notify(self, body: Notification) -> None:
+        self._send(NotificationFrame(body=body))
+
+    def _send(self, frame: Frame) -> None:
+        if self._writer.is_closing():
+            raise ControlError("control channel closed")
+        data = _encoder.encode(frame)
+        self._writer.write(_LEN.pack(len(data)) + data)
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                header = await self._reader.readexactly(4)
+                (length,) = _LEN.unpack(header)
+                if length > MAX_FRAME_BYTES:
+                    raise ControlError("control frame too large")
+                frame = _decoder.decode(await self._reader.readexactly(length))
+                if isinstance(frame, ResponseFrame):
+                    fut = self._pending.get(frame.id)
+                    if fut is not None and not fut.done():
+                        if frame.ok:
+                            fut.set_result(frame.result)
+                        else:
+                            fut.set_exception(ControlError(frame.error))
+                elif isinstance(frame, RequestFrame):
+                    asyncio.get_running_loop().create_task(self._serve(frame))
+                else:
+                    self._listener.on_notification(frame.body)
+        except (asyncio.IncompleteReadError, ConnectionError, ControlError, msgspec.DecodeError):
+            pass
+        finally:
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(ControlError("control channel closed"))
+            self._writer.close()
+            if not self.closed.done():
+                self.closed.set_result(None)
+
+    async def _serve(self, frame: RequestFrame) -> None:
+        try:
+            result = await self._listener.on_request(frame.body)
+            reply = ResponseFrame(id=frame.id, ok=True, result=result)
+        except Exception as exc:  # the error goes back to the caller, the shard lives on
+            reply = ResponseFrame(id=frame.id, ok=False, error=f"{type(exc).__name__}: {exc}")
+        try:
+            self._send(reply)
+        except ControlError:
+            pass
+
+    def close(self) -> None:
+        self._writer.close()

@@ -1,0 +1,1 @@
+"""One shard: a process, a core, a UDP port, all its peers multiplexed on it."""

@@ -1,0 +1,57 @@
+"""Shard process entry point: ``python -m sfu.shard.main``, started by signalling.
+
+It connects back to signalling's control socket, says Hello, and lives until
+that channel closes or it is told to stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+
+import uvloop
+
+from .. import control
+from ..logs import configure_logging, get_logger
+from .shard import Shard
+
+
+async def run(args: argparse.Namespace) -> None:
+    log = get_logger("sfu.shard", shard=args.shard_id)
+    shard = Shard(args.shard_id, consent_timeout_s=args.consent_timeout_s,
+                  keyframe_min_interval_ms=args.keyframe_min_interval_ms)
+    port = await shard.listen(args.rtc_host, args.rtc_port)
+    reader, writer = await asyncio.open_unix_connection(args.control_path)
+    channel = control.Channel(reader, writer, shard)
+    shard.channel = channel
+    channel.notify(control.Hello(shard_id=args.shard_id, pid=os.getpid(), rtc_port=port,
+                                 fingerprint_sha256=shard.certificate.fingerprint_sha256))
+    log.info("shard listening", rtc_host=args.rtc_host, rtc_port=port, pid=os.getpid())
+    stop = asyncio.get_running_loop().create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    await asyncio.wait([stop, channel.closed], return_when=asyncio.FIRST_COMPLETED)
+    shard.close()
+    await asyncio.sleep(0)  # let the BYE/close_notify datagrams go out
+    channel.close()
+    log.info("shard stopped")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="sfu-shard")
+    parser.add_argument("--shard-id", type=int, required=True)
+    parser.add_argument("--rtc-host", required=True)
+    parser.add_argument("--rtc-port", type=int, required=True)
+    parser.add_argument("--control-path", required=True)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--consent-timeout-s", type=float, default=30.0)
+    parser.add_argument("--keyframe-min-interval-ms", type=int, default=500)
+    args = parser.parse_args()
+    configure_logging(args.log_level)
+    uvloop.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

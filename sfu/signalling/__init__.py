@@ -1,0 +1,1 @@
+"""HTTP/WebSocket surface: WHIP, WHEP, admin API, pages. Never touches media."""

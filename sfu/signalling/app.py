@@ -1,0 +1,115 @@
+"""Signalling: the HTTP surface, the room registry, and the shards it places peers on."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources as importlib_resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from .. import control
+from ..config import Config
+from ..logs import get_logger
+from .metrics import ShardCollector
+from .resources import Resources
+from .rooms import RoomRegistry, Session
+from .shard_process import ShardProcess
+
+log = get_logger("sfu.signalling")
+STATIC = Path(str(importlib_resources.files("sfu.signalling") / "static"))
+
+
+class Signalling:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.rooms = RoomRegistry()
+        self.shards: list[ShardProcess] = []
+        self.registry = CollectorRegistry()
+        self.collector = ShardCollector()
+        self.registry.register(self.collector)
+
+    async def start_shards(self) -> None:
+        for shard_id in range(self.config.shards):
+            shard = ShardProcess(shard_id, self.config, self.on_shard_notification)
+            await shard.start()
+            self.shards.append(shard)
+
+    async def stop_shards(self) -> None:
+        await asyncio.gather(*(s.stop(self.config.shutdown_timeout_s * 0.75) for s in self.shards))
+
+    def place_room(self, room: str) -> int:
+        """A room lives on one shard until inter-shard relays exist: the least busy one."""
+        existing = self.rooms.room(room)
+        if existing is not None:
+            return existing.shard
+        load = [0] * len(self.shards)
+        for r in self.rooms.rooms.values():
+            load[r.shard] += len(r.sessions)
+        return min(range(len(self.shards)), key=load.__getitem__)
+
+    async def end_session(self, session: Session, reason: str) -> None:
+        self.rooms.remove(session.id)
+        try:
+            await self.shards[session.shard].request(control.CloseTransport(transport_id=session.id))
+        except control.ControlError:
+            pass
+        log.info("session ended", room=session.room, peer=session.id, kind=session.kind, reason=reason)
+
+    def on_shard_notification(self, shard_id: int, body: Any) -> None:
+        if isinstance(body, control.TransportStateChanged):
+            session = self.rooms.sessions.get(body.transport_id)
+            if session is None:
+                return
+            if body.state == "connected":
+                session.connected = True
+            elif body.state in ("closed", "failed"):
+                self.rooms.remove(session.id)
+                log.info("session ended", room=session.room, peer=session.id, kind=session.kind,
+                         reason=body.reason, shard=shard_id)
+
+    # --- plain endpoints ---------------------------------------------------------------
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        async def one(shard: ShardProcess) -> dict[str, Any] | None:
+            try:
+                return await shard.request(control.GetStats(), timeout_s=1.0)
+            except control.ControlError:
+                return None
+
+        stats = await asyncio.gather(*(one(s) for s in self.shards))
+        self.collector.stats = [s for s in stats if s is not None]
+        counts: dict[str, int] = {}
+        for session in self.rooms.sessions.values():
+            counts[session.kind] = counts.get(session.kind, 0) + 1
+        self.collector.sessions = counts
+        self.collector.rooms = len(self.rooms.rooms)
+        return web.Response(body=generate_latest(self.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        alive = [s.id for s in self.shards if s.process is not None and s.process.returncode is None]
+        if len(alive) != len(self.shards):
+            return web.json_response({"status": "degraded", "shards_alive": alive}, status=503)
+        return web.json_response({"status": "ok", "shards_alive": alive})
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info.get("page") or "index.html"
+        path = STATIC / name
+        if not path.is_file():
+            raise web.HTTPNotFound(text="no such page\n")
+        return web.FileResponse(path)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=max(self.config.max_sdp_bytes * 2, 65536))
+        app.add_routes(Resources(self).routes())
+        app.add_routes([
+            web.get("/metrics", self.metrics),
+            web.get("/healthz", self.healthz),
+            web.get("/", self.page),
+            web.get(r"/{page:[a-z]+\.html}", self.page),
+            web.static("/static", STATIC),
+        ])
+        return app

@@ -1,0 +1,59 @@
+"""Prometheus exposition of the shards' counters, fetched fresh on each scrape."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class ShardCollector(Collector):
+    """Turns the latest GetStats replies (one dict per shard) into ``sfu_*`` families."""
+
+    def __init__(self) -> None:
+        self.stats: list[dict[str, Any]] = []
+        self.sessions: dict[str, int] = {}
+        self.rooms = 0
+
+    def collect(self) -> Iterable[Any]:
+        sessions = GaugeMetricFamily("sfu_peers", "Peers with a live session", labels=["kind"])
+        for kind in ("whip", "whep"):
+            sessions.add_metric([kind], self.sessions.get(kind, 0))
+        yield sessions
+        yield GaugeMetricFamily("sfu_rooms", "Rooms with at least one session", value=self.rooms)
+
+        def family(cls: type, name: str, doc: str, key: str) -> Any:
+            metric = cls(name, doc, labels=["shard"])
+            for s in self.stats:
+                metric.add_metric([str(s["shard"])], s.get(key, 0))
+            return metric
+
+        yield family(GaugeMetricFamily, "sfu_transports", "WebRTC transports", "transports")
+        yield family(GaugeMetricFamily, "sfu_producers", "Producers (published tracks)", "producers")
+        yield family(GaugeMetricFamily, "sfu_consumers", "Consumers (delivered tracks)", "consumers")
+        yield family(CounterMetricFamily, "sfu_rtp_packets_received", "RTP packets received from publishers", "packets_in")
+        yield family(CounterMetricFamily, "sfu_rtp_received_bytes", "SRTP bytes received from publishers", "bytes_in")
+        yield family(CounterMetricFamily, "sfu_rtp_packets_sent", "RTP packets sent to viewers", "packets_out")
+        yield family(CounterMetricFamily, "sfu_rtp_sent_bytes", "SRTP bytes sent to viewers", "bytes_out")
+        yield family(CounterMetricFamily, "sfu_nacks_received", "RTCP NACK packets received from viewers", "nacks_received")
+        yield family(CounterMetricFamily, "sfu_nack_retransmissions", "Packets resent to answer NACKs", "nacks_served")
+        keyframes = CounterMetricFamily("sfu_keyframe_requests", "Keyframe requests (PLI/FIR)",
+                                        labels=["shard", "direction"])
+        for s in self.stats:
+            keyframes.add_metric([str(s["shard"]), "received"], s.get("keyframe_requests_received", 0))
+            keyframes.add_metric([str(s["shard"]), "sent"], s.get("keyframe_requests_sent", 0))
+            keyframes.add_metric([str(s["shard"]), "coalesced"], s.get("keyframe_requests_coalesced", 0))
+        yield keyframes
+        drops = CounterMetricFamily("sfu_packets_dropped", "Datagrams dropped, by reason",
+                                    labels=["shard", "reason"])
+        for s in self.stats:
+            for reason, count in sorted(s.get("drops", {}).items()):
+                drops.add_metric([str(s["shard"]), reason], count)
+        yield drops
+        jitter = GaugeMetricFamily("sfu_producer_jitter_seconds", "RFC 3550 interarrival jitter",
+                                   labels=["shard", "producer"])
+        for s in self.stats:
+            for producer, value in s.get("jitter_seconds", {}).items():
+                jitter.add_metric([str(s["shard"]), producer], value)
+        yield jitter

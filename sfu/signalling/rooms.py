@@ -1,0 +1,86 @@
+"""Room registry: rooms, their sessions (WHIP/WHEP resources) and published producers.
+
+Embedded in memory; a later issue puts the same interface on Redis for clusters.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from .sdp import Codec
+
+
+@dataclass
+class ProducerInfo:
+    id: str
+    kind: str
+    codec: Codec
+    cname: str
+    stream_id: str
+
+
+@dataclass
+class Session:
+    """One WHIP or WHEP resource: a peer with one WebRtcTransport on one shard."""
+
+    id: str
+    kind: str  # "whip" | "whep"
+    room: str
+    shard: int
+    local_ufrag: str
+    local_pwd: str
+    remote_ufrag: str
+    remote_pwd: str
+    etag: str = field(default_factory=lambda: f'"{secrets.token_hex(8)}"')
+    producers: list[ProducerInfo] = field(default_factory=list)
+    consumer_ids: list[str] = field(default_factory=list)
+    connected: bool = False
+
+    @property
+    def transport_id(self) -> str:
+        return self.id
+
+    @property
+    def location(self) -> str:
+        return f"/{self.kind}/{self.room}/{self.id}"
+
+
+@dataclass
+class Room:
+    name: str
+    shard: int
+    sessions: dict[str, Session] = field(default_factory=dict)
+
+    def producers(self) -> list[ProducerInfo]:
+        return [p for s in self.sessions.values() if s.kind == "whip" for p in s.producers]
+
+
+class RoomRegistry:
+    def __init__(self) -> None:
+        self.rooms: dict[str, Room] = {}
+        self.sessions: dict[str, Session] = {}
+
+    def room(self, name: str) -> Room | None:
+        return self.rooms.get(name)
+
+    def get_or_create(self, name: str, shard: int) -> Room:
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(name, shard)
+        return room
+
+    def add(self, session: Session) -> None:
+        self.sessions[session.id] = session
+        self.rooms[session.room].sessions[session.id] = session
+
+    def remove(self, session_id: str) -> Session | None:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return None
+        room = self.rooms.get(session.room)
+        if room is not None:
+            room.sessions.pop(session_id, None)
+            if not room.sessions:
+                del self.rooms[room.name]
+        return session
