@@ -1,0 +1,115 @@
+"""The ``sfu`` command: ``sfu serve`` runs the server, ``sfu token`` mints tokens.
+
+Options are parsed as plain strings and handed to load_config, so a bad value
+gets the same message whether it came from a flag, the environment or a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from sfu import __version__
+from sfu.auth import issue_token
+from sfu.config import LOG_LEVELS, ConfigError, load_config
+
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code instead of exiting."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed by argparse
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    try:
+        return int(args.command(args))
+    except ConfigError as e:
+        print(f"sfu: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _serve(args: argparse.Namespace) -> int:
+    cli: dict[str, Any] = {
+        "http_host": args.http_host,
+        "http_port": args.http_port,
+        "rtc_host": args.rtc_host,
+        "rtc_port": args.rtc_port,
+        "shards": args.shards,
+        "dev": args.dev,
+        "auth_secret": args.auth_secret,
+        "log_level": args.log_level,
+    }
+    config = load_config(cli, config_path=args.config)
+
+    from sfu.logs import configure_logging
+
+    configure_logging(config.log_level)
+    from sfu.server import serve  # imported late: pulls in the whole media stack
+
+    return int(serve(config))
+
+
+def _token(args: argparse.Namespace) -> int:
+    config = load_config({"auth_secret": args.auth_secret}, config_path=args.config, validate=False)
+    if not config.auth_secret:
+        print(
+            "sfu: no auth secret: pass --auth-secret, set SFU_AUTH_SECRET, "
+            "or put auth_secret in the file given with --config",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if not args.room:
+        print("sfu: --room must not be empty", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.ttl > 0:
+        print(f"sfu: --ttl must be a positive number of seconds, not {args.ttl:g}", file=sys.stderr)
+        return EXIT_USAGE
+    publish, subscribe = args.publish, args.subscribe
+    if not (publish or subscribe):
+        subscribe = True
+        print("sfu: neither --publish nor --subscribe given; granting subscribe only", file=sys.stderr)
+    token = issue_token(
+        config.auth_secret,
+        args.room,
+        publish=publish,
+        subscribe=subscribe,
+        ttl_s=args.ttl,
+        identity=args.identity,
+    )
+    print(token)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sfu", description="WebRTC selective forwarding unit")
+    parser.add_argument("--version", action="version", version=f"sfu {__version__}")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server")
+    serve.set_defaults(command=_serve)
+    serve.add_argument("--config", metavar="PATH", help="TOML config file (default: $SFU_CONFIG)")
+    serve.add_argument("--http-host", metavar="H", help="HTTP listen address (default 127.0.0.1)")
+    serve.add_argument("--http-port", metavar="P", help="HTTP port (default 8080)")
+    serve.add_argument("--rtc-host", metavar="H", help="media address bound and advertised in ICE candidates")
+    serve.add_argument("--rtc-port", metavar="P", help="UDP port of the first shard (default 50000)")
+    serve.add_argument("--shards", metavar="N", help="number of shard processes (default 1)")
+    serve.add_argument(
+        "--dev", action="store_const", const=True, default=None,
+        help="no authentication; only loopback addresses allowed",
+    )
+    serve.add_argument("--auth-secret", metavar="S", help="HS256 token secret (or $SFU_AUTH_SECRET)")
+    serve.add_argument("--log-level", metavar="L", help=f"one of {', '.join(LOG_LEVELS)}")
+
+    token = commands.add_parser("token", help="print a signed access token")
+    token.set_defaults(command=_token)
+    token.add_argument("--room", required=True, help='room name, or "*" for every room')
+    token.add_argument("--publish", action="store_true", help="allow publishing (WHIP)")
+    token.add_argument("--subscribe", action="store_true", help="allow subscribing (WHEP)")
+    token.add_argument("--ttl", type=float, default=3600.0, metavar="S", help="lifetime in seconds (default 3600)")
+    token.add_argument("--identity", metavar="ID", help="who the token is for (the 'sub' claim)")
+    token.add_argument("--auth-secret", metavar="S", help="HS256 token secret (or $SFU_AUTH_SECRET)")
+    token.add_argument("--config", metavar="PATH", help="TOML config file to read auth_secret from")
+    return parser

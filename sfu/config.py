@@ -1,0 +1,218 @@
+"""Server configuration: one dataclass, four sources, one place that validates.
+
+Precedence, highest first: command line > ``SFU_*`` environment > TOML file >
+defaults.  Every value remembers where it came from, so an error can tell the
+user which flag, variable or file line to fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+ENV_PREFIX = "SFU_"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(Exception):
+    """A configuration mistake; the message is a plain sentence for the user."""
+
+
+@dataclass
+class Config:
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    rtc_host: str = "127.0.0.1"  # address put in ICE candidates and bound by the shard's UDP socket
+    rtc_port: int = 50000  # UDP port of the first shard; shard i uses rtc_port + i
+    shards: int = 1
+    dev: bool = False  # no auth; refuses non-loopback http_host/rtc_host
+    auth_secret: str | None = None
+    log_level: str = "info"
+    consent_timeout_s: float = 30.0
+    keyframe_min_interval_ms: int = 500
+    max_sdp_bytes: int = 32768
+    shutdown_timeout_s: float = 2.0
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Config))
+
+
+def _field_types() -> dict[str, type]:
+    """Base type per field, with ``X | None`` unwrapped to ``X``."""
+    out: dict[str, type] = {}
+    for name, hint in typing.get_type_hints(Config).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        out[name] = args[0] if args else hint
+    return out
+
+
+_FIELD_TYPES = _field_types()
+
+
+def load_config(
+    cli: Mapping[str, Any],
+    *,
+    config_path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    validate: bool = True,
+) -> Config:
+    """Merge the four sources into a Config, or raise ConfigError.
+
+    ``cli`` maps field names to values; None means "not given".  ``config_path``
+    falls back to ``SFU_CONFIG``.  ``validate=False`` skips the cross-field
+    checks (dev/loopback, missing secret) for callers such as ``sfu token``
+    that only need one value.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {name: "default" for name in _FIELD_NAMES}
+
+    def put(name: str, raw: Any, where: str) -> None:
+        values[name] = _convert(name, raw, where)
+        origin[name] = where
+
+    path = config_path or env.get(ENV_PREFIX + "CONFIG") or None
+    if path is not None:
+        for key, raw in _read_toml(path).items():
+            put(key.replace("-", "_"), raw, f"{path} (key '{key}')")
+    for name in _FIELD_NAMES:
+        var = ENV_PREFIX + name.upper()
+        if env.get(var, "") != "":  # an empty variable counts as unset
+            put(name, env[var], f"environment variable {var}")
+    for name, raw in cli.items():
+        if name not in _FIELD_NAMES:
+            raise ConfigError(f"unknown option '{name}'")
+        if raw is not None:
+            put(name, raw, "--" + name.replace("_", "-"))
+
+    config = Config(**values)
+    _check_ranges(config, origin)
+    if validate:
+        _check_consistency(config, origin)
+    return config
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1: addresses only this machine can reach."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    seen: dict[str, str] = {}
+    for key in data:
+        name = key.replace("-", "_")
+        if name not in _FIELD_NAMES:
+            raise ConfigError(f"unknown key '{key}' in config file {path}")
+        if name in seen:
+            raise ConfigError(f"config file {path} sets '{name}' twice (as '{seen[name]}' and '{key}')")
+        seen[name] = key
+    return data
+
+
+def _convert(name: str, raw: Any, where: str) -> Any:
+    """Coerce one value to its field's type; strings (env, CLI) are parsed."""
+    kind = _FIELD_TYPES[name]
+    bad = f"{name} from {where}: {raw!r}"
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise ConfigError(f"{bad} is not a boolean (use true/false, yes/no or 1/0)")
+    if kind is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str):
+            try:
+                return int(raw.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"{bad} is not an integer")
+    if kind is float:
+        value: float | None = None
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            value = float(raw)
+        elif isinstance(raw, str):
+            try:
+                value = float(raw.strip())
+            except ValueError:
+                pass
+        if value is None or not math.isfinite(value):
+            raise ConfigError(f"{bad} is not a number")
+        return value
+    if not isinstance(raw, str):
+        raise ConfigError(f"{bad} is not a string")
+    return raw
+
+
+def _check_ranges(config: Config, origin: dict[str, str]) -> None:
+    """Per-field limits; messages name the source of the offending value."""
+
+    def fail(name: str, why: str) -> typing.NoReturn:
+        raise ConfigError(f"{name} from {origin[name]}: {getattr(config, name)!r} {why}")
+
+    if not 0 <= config.http_port <= 65535:
+        fail("http_port", "is not a port number (0-65535)")
+    if not 1 <= config.rtc_port <= 65535:
+        fail("rtc_port", "is not a port number (1-65535)")
+    if config.shards < 1:
+        fail("shards", "must be at least 1")
+    if config.rtc_port + config.shards - 1 > 65535:
+        fail("rtc_port", f"leaves no room for {config.shards} shards (one UDP port each) below 65536")
+    for name in ("http_host", "rtc_host"):
+        if not getattr(config, name).strip():
+            fail(name, "is empty")
+    if config.auth_secret == "":
+        fail("auth_secret", "is empty")
+    config.log_level = config.log_level.lower()
+    if config.log_level not in LOG_LEVELS:
+        fail("log_level", f"is not one of {', '.join(LOG_LEVELS)}")
+    if config.consent_timeout_s <= 0:
+        fail("consent_timeout_s", "must be positive")
+    if config.keyframe_min_interval_ms < 0:
+        fail("keyframe_min_interval_ms", "must not be negative")
+    if config.max_sdp_bytes <= 0:
+        fail("max_sdp_bytes", "must be positive")
+    if config.shutdown_timeout_s < 0:
+        fail("shutdown_timeout_s", "must not be negative")
+
+
+def _check_consistency(config: Config, origin: dict[str, str]) -> None:
+    """Refuse the two unsafe setups: an open dev server, or a server with no auth."""
+    if config.dev:
+        for name in ("http_host", "rtc_host"):
+            host = getattr(config, name)
+            if not is_loopback(host):
+                raise ConfigError(
+                    f"--dev refuses to bind a non-loopback address: {name} is {host!r} "
+                    f"(from {origin[name]}); dev mode has no authentication, so use "
+                    f"127.0.0.1, ::1 or localhost, or drop --dev and pass --auth-secret"
+                )
+    elif not config.auth_secret:
+        raise ConfigError(
+            "no auth secret configured: pass --auth-secret or set SFU_AUTH_SECRET "
+            "(or auth_secret in the config file), or use --dev for an "
+            "unauthenticated server on loopback only"
+        )

@@ -1,0 +1,158 @@
+"""Decide what we answer to a publisher (WHIP) or a viewer (WHEP).
+
+Pure policy over parsed offers: no I/O, no SDP text. ``sdp.build_answer``
+turns the decisions into text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from sfu.signalling.sdp import EXT_RID, EXT_REPAIRED_RID, Codec, MediaAnswer, MediaOffer, Offer, SdpError
+
+AUDIO_PREFERENCE = ("opus",)
+VIDEO_PREFERENCE = ("VP8", "H264")
+_PREFERENCE = {"audio": AUDIO_PREFERENCE, "video": VIDEO_PREFERENCE}
+_WE_ACCEPT = "we accept opus for audio, and VP8 or H264 (packetization-mode=1, constrained baseline) for video"
+# We send viewers one plain stream per m-line, so RID extensions mean nothing downstream.
+_NOT_DOWNSTREAM = (EXT_RID, EXT_REPAIRED_RID)
+
+
+@dataclass(frozen=True)
+class TrackInfo:
+    """One producer as a viewer will receive it."""
+
+    kind: str  # "audio" | "video"
+    codec_name: str  # "opus" | "VP8" | "H264"
+    clock_rate: int
+    send_ssrc: int  # the consumer's own SSRC
+    send_rtx_ssrc: int | None
+    cname: str
+    msid: str  # "streamid trackid"
+
+
+def _usable(m: MediaOffer) -> bool:
+    return not m.rejected and m.kind in _PREFERENCE
+
+
+def _reject(m: MediaOffer) -> MediaAnswer:
+    return MediaAnswer(offer=m, direction="inactive", codec=None, extensions={})
+
+
+def _idle(m: MediaOffer) -> MediaAnswer:
+    """An m-line we carry nothing on: inactive but kept in the BUNDLE where it can be.
+
+    Port-0 rejection is what RFC 8843 suggests, but aiortc refuses answers with
+    rejected m-lines, and an inactive line costs nothing.
+    """
+    codecs = [c for c in m.codecs if c.name in _PREFERENCE.get(m.kind, ())]
+    if not _usable(m) or not codecs:
+        return _reject(m)
+    return MediaAnswer(offer=m, direction="inactive", codec=replace(codecs[0], rtx_payload_type=None),
+                       extensions=dict(m.extensions))
+
+
+def _with_rtx_if_nack(codec: Codec, allowed: bool = True) -> Codec:
+    """RTX only helps where NACK asks for it; without nack we would never retransmit."""
+    if codec.rtx_payload_type is not None and not (allowed and "nack" in codec.rtcp_fb):
+        return replace(codec, rtx_payload_type=None)
+    return codec
+
+
+def answer_publish(offer: Offer) -> list[MediaAnswer]:
+    """Receive every audio/video m-line the publisher sends, with its first supported codec.
+
+    The publisher's offer order is its preference, so we take the first codec
+    we support rather than imposing ours.
+    """
+    answers: list[MediaAnswer] = []
+    for m in offer.media:
+        codecs = [c for c in m.codecs if c.name in _PREFERENCE.get(m.kind, ())]
+        if _usable(m) and m.direction in ("sendonly", "sendrecv") and codecs:
+            answers.append(MediaAnswer(offer=m, direction="recvonly", codec=_with_rtx_if_nack(codecs[0]),
+                                       extensions=dict(m.extensions)))
+        else:
+            answers.append(_idle(m))
+    if any(a.direction == "recvonly" for a in answers):
+        return answers
+
+    sending = [m for m in offer.media if _usable(m) and m.direction in ("sendonly", "sendrecv")]
+    if not any(_usable(m) for m in offer.media):
+        raise SdpError(422, "The offer has no audio or video m-line we could receive.")
+    if not sending:
+        raise SdpError(422, "The offer sends no media: every audio/video m-line is recvonly or inactive.")
+    offered = list(dict.fromkeys(name for m in sending for name in m.offered_codecs))
+    raise SdpError(422, f"No supported codec in the offer: it offers {', '.join(offered) or 'none'}; {_WE_ACCEPT}.")
+
+
+def _matching_codec(m: MediaOffer, track: TrackInfo) -> Codec | None:
+    """The viewer's first codec that can carry the track (same name and clock rate).
+
+    The parser only keeps packetization-mode=1 constrained-baseline H264, so
+    any H264 the viewer offered can carry any H264 track we forward.
+    """
+    return next((c for c in m.codecs if c.name == track.codec_name and c.clock_rate == track.clock_rate), None)
+
+
+def answer_subscribe(
+    offer: Offer, tracks: list[TrackInfo]
+) -> tuple[list[MediaAnswer], list[tuple[int, TrackInfo, Codec]]]:
+    """Fill the viewer's receiving m-lines, in order, with the tracks it can decode.
+
+    Each m-line takes the first not yet placed track of its kind whose codec the
+    viewer offered; the answer uses the viewer's payload types. Returns the
+    answers and (m-line index, track, viewer codec) per placed track.
+    """
+    answers: list[MediaAnswer] = []
+    matches: list[tuple[int, TrackInfo, Codec]] = []
+    waiting = list(tracks)
+    for m in offer.media:
+        found = None
+        if _usable(m) and m.direction in ("recvonly", "sendrecv"):
+            found = next(((t, c) for t in waiting if t.kind == m.kind and (c := _matching_codec(m, t))), None)
+        if found is None:
+            answers.append(_idle(m))
+            continue
+        track, codec = found
+        waiting.remove(track)
+        codec = _with_rtx_if_nack(codec, allowed=track.send_rtx_ssrc is not None)
+        answers.append(MediaAnswer(
+            offer=m,
+            direction="sendonly",
+            codec=codec,
+            extensions={uri: i for uri, i in m.extensions.items() if uri not in _NOT_DOWNSTREAM},
+            send_ssrc=track.send_ssrc,
+            send_rtx_ssrc=track.send_rtx_ssrc if codec.rtx_payload_type is not None else None,
+            cname=track.cname,
+            msid=track.msid,
+        ))
+        matches.append((m.index, track, codec))
+    if matches:
+        return answers, matches
+    raise SdpError(422, _no_match_reason(offer, tracks))
+
+
+def _no_match_reason(offer: Offer, tracks: list[TrackInfo]) -> str:
+    receiving = [m for m in offer.media if _usable(m) and m.direction in ("recvonly", "sendrecv")]
+    if not receiving:
+        return "The offer receives no media: every audio/video m-line is sendonly, inactive or rejected."
+    if not tracks:
+        return "Nothing is being published here yet."
+    problems = []
+    for kind in ("audio", "video"):
+        sent = list(dict.fromkeys(t.codec_name for t in tracks if t.kind == kind))
+        if not sent:
+            continue
+        lines = [m for m in receiving if m.kind == kind]
+        if not lines:
+            problems.append(f"the stream has {kind} ({', '.join(sent)}) but the viewer has no {kind} m-line")
+            continue
+        usable = list(dict.fromkeys(c.name for m in lines for c in m.codecs))
+        offered = list(dict.fromkeys(n for m in lines for n in m.offered_codecs))
+        problems.append(
+            f"the stream sends {kind} as {', '.join(sent)} but the viewer offered only "
+            f"{', '.join(usable) or 'codecs we do not support'} (offered: {', '.join(offered) or 'none'})"
+        )
+    if not problems:  # tracks of one kind, viewer m-lines of the other
+        problems.append("the viewer's m-lines and the published tracks have no kind in common")
+    return "No track can be sent: " + "; ".join(problems) + "."
