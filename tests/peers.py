@@ -191,3 +191,131 @@ async def watch(base_url: str, room: str, *, token: str | None = None) -> Viewer
     viewer.location = headers["Location"]
     await pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
     return viewer
+
+
+class RawPeer:
+    """A hand-made WebRTC peer: raw UDP socket, our own STUN check and DTLS, libsrtp keys.
+
+    It takes the SDP of a real aiortc offer and swaps in its own ICE credentials,
+    certificate fingerprint and DTLS role, so the test controls every datagram.
+    """
+
+    def __init__(self, rtc_port: int, *, setup: str = "active", srtp_profiles: str | None = None) -> None:
+        import socket
+
+        from sfu.shard.dtls import DtlsCertificate
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(2.0)
+        self.server = ("127.0.0.1", rtc_port)
+        self.cert = DtlsCertificate.generate()
+        self.setup = setup
+        self.srtp_profiles = srtp_profiles
+        self.ufrag, self.pwd = "rawp", "rawpeerrawpeerrawpeer00"
+        self.srtp = None
+        self.dtls = None
+        self.ssrcs: list[int] = []
+        self.media_ssrc: dict[str, int] = {}  # kind -> first (non-RTX) SSRC of its m-line
+        self.location = ""
+        self.answer = ""
+
+    async def join(self, base_url: str, room: str, *, kind: str = "whip") -> None:
+        pc = new_peer_connection()
+        direction = "sendonly" if kind == "whip" else "recvonly"
+        pc.addTransceiver("audio", direction=direction)
+        pc.addTransceiver("video", direction=direction)
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = pc.localDescription.sdp
+        await pc.close()
+        lines = []
+        kind_now = ""
+        for line in offer.splitlines():
+            if line.startswith("m="):
+                kind_now = line[2:].split()[0]
+            if line.startswith("a=ice-ufrag:"):
+                line = f"a=ice-ufrag:{self.ufrag}"
+            elif line.startswith("a=ice-pwd:"):
+                line = f"a=ice-pwd:{self.pwd}"
+            elif line.startswith("a=fingerprint:"):
+                line = f"a=fingerprint:sha-256 {self.cert.fingerprint_sha256}"
+            elif line.startswith("a=setup:"):
+                line = f"a=setup:{self.setup}"
+            elif line.startswith("a=ssrc:") and " cname:" in line:
+                self.ssrcs.append(int(line.split()[0].split(":")[1]))
+                self.media_ssrc.setdefault(kind_now, self.ssrcs[-1])
+            lines.append(line)
+        status, self.answer, headers = await _post(base_url, f"/{kind}/{room}", "\r\n".join(lines) + "\r\n", None)
+        if status != 201:
+            raise WhipError(status, self.answer)
+        self.location = headers["Location"]
+        await asyncio.to_thread(self.connect)
+
+    def check(self) -> None:
+        """One ICE connectivity check (USE-CANDIDATE), as a controlling agent sends it."""
+        from aioice import stun
+
+        server_ufrag = self.answer.split("a=ice-ufrag:")[1].split()[0]
+        server_pwd = self.answer.split("a=ice-pwd:")[1].split()[0]
+        request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+        request.attributes["USERNAME"] = f"{server_ufrag}:{self.ufrag}"
+        request.attributes["PRIORITY"] = 1
+        request.attributes["ICE-CONTROLLING"] = 1
+        request.attributes["USE-CANDIDATE"] = None
+        request.add_message_integrity(server_pwd.encode())
+        self.sock.sendto(bytes(request), self.server)
+
+    def connect(self) -> None:
+        from aioice import stun
+
+        from sfu.shard.dtls import DtlsEndpoint
+        from sfu.shard.srtp import SrtpSession
+
+        self.check()
+        fingerprint = self.answer.split("a=fingerprint:sha-256 ")[1].split()[0]
+        context = None
+        if self.srtp_profiles:
+            context = self.cert.context()
+            context.set_tlsext_use_srtp(self.srtp_profiles.encode())
+        role = "client" if self.setup == "active" else "server"
+        self.dtls = DtlsEndpoint(self.cert, role, ("sha-256", fingerprint), context)
+        for d in self.dtls.start():
+            self.sock.sendto(d, self.server)
+        while self.dtls.state in ("new", "connecting"):
+            data = self.sock.recv(1500)
+            if data[0] < 4:
+                response = stun.parse_message(data)
+                assert response.message_class == stun.Class.RESPONSE
+                assert response.attributes["XOR-MAPPED-ADDRESS"] == self.sock.getsockname()
+            elif 20 <= data[0] < 64:
+                for d in self.dtls.receive(data):
+                    self.sock.sendto(d, self.server)
+        assert self.dtls.state == "connected", self.dtls.error
+        self.srtp = SrtpSession(self.dtls.srtp_keys)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendto(data, self.server)
+
+    def recv_rtcp(self, timeout_s: float = 3.0) -> list:
+        """Decrypted RTCP packets received within the timeout (RTP is ignored)."""
+        import socket
+        import time as _time
+
+        from aiortc.rtp import RtcpPacket
+
+        packets = []
+        deadline = _time.monotonic() + timeout_s
+        while _time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - _time.monotonic()))
+            try:
+                data = self.sock.recv(2048)
+            except socket.timeout:
+                break
+            if 128 <= data[0] < 192 and 192 <= data[1] <= 223:
+                packets.extend(RtcpPacket.parse(self.srtp.unprotect_rtcp(data)))
+                if packets:
+                    break
+        return packets
+
+    def close(self) -> None:
+        self.sock.close()

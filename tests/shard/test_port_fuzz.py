@@ -8,94 +8,15 @@ not just the demultiplexer in front of it.
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 
-import aiohttp
 import pytest
-from aioice import stun
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import peers
-from sfu.shard.dtls import DtlsCertificate, DtlsEndpoint
-from sfu.shard.srtp import SrtpSession
 
 EXAMPLES = 10_000
-
-
-class FuzzPeer:
-    """A hand-made WHIP publisher: raw UDP socket, our own DTLS client, libsrtp keys."""
-
-    def __init__(self, rtc_port: int) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(2.0)
-        self.server = ("127.0.0.1", rtc_port)
-        self.cert = DtlsCertificate.generate()
-        self.ufrag, self.pwd = "fuzz", "fuzzfuzzfuzzfuzzfuzzfuzz"
-        self.srtp: SrtpSession | None = None
-        self.ssrcs: list[int] = []
-
-    async def join(self, base_url: str, room: str) -> None:
-        offer = await _aiortc_offer()
-        lines = []
-        for line in offer.splitlines():
-            if line.startswith("a=ice-ufrag:"):
-                line = f"a=ice-ufrag:{self.ufrag}"
-            elif line.startswith("a=ice-pwd:"):
-                line = f"a=ice-pwd:{self.pwd}"
-            elif line.startswith("a=fingerprint:"):
-                line = f"a=fingerprint:sha-256 {self.cert.fingerprint_sha256}"
-            elif line.startswith("a=setup:"):
-                line = "a=setup:active"
-            elif line.startswith("a=ssrc:") and " cname:" in line:
-                self.ssrcs.append(int(line.split()[0].split(":")[1]))
-            lines.append(line)
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{base_url}/whip/{room}", data="\r\n".join(lines) + "\r\n",
-                                 headers={"Content-Type": "application/sdp"}) as r:
-                assert r.status == 201, await r.text()
-                answer = await r.text()
-        server_ufrag = answer.split("a=ice-ufrag:")[1].split()[0]
-        server_pwd = answer.split("a=ice-pwd:")[1].split()[0]
-        fingerprint = answer.split("a=fingerprint:sha-256 ")[1].split()[0]
-        await asyncio.to_thread(self._connect, server_ufrag, server_pwd, fingerprint)
-
-    def _connect(self, server_ufrag: str, server_pwd: str, fingerprint: str) -> None:
-        request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
-        request.attributes["USERNAME"] = f"{server_ufrag}:{self.ufrag}"
-        request.attributes["PRIORITY"] = 1
-        request.attributes["ICE-CONTROLLING"] = 1
-        request.attributes["USE-CANDIDATE"] = None
-        request.add_message_integrity(server_pwd.encode())
-        self.sock.sendto(bytes(request), self.server)
-        response = stun.parse_message(self.sock.recv(1500))
-        assert response.message_class == stun.Class.RESPONSE
-        assert response.attributes["XOR-MAPPED-ADDRESS"] == self.sock.getsockname()
-        dtls = DtlsEndpoint(self.cert, "client", ("sha-256", fingerprint))
-        for d in dtls.start():
-            self.sock.sendto(d, self.server)
-        while dtls.state == "connecting":
-            data = self.sock.recv(1500)
-            if 20 <= data[0] < 64:
-                for d in dtls.receive(data):
-                    self.sock.sendto(d, self.server)
-        assert dtls.state == "connected", dtls.error
-        self.srtp = SrtpSession(dtls.srtp_keys)
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendto(data, self.server)
-
-
-async def _aiortc_offer() -> str:
-    pc = peers.new_peer_connection()
-    pc.addTransceiver("audio", direction="sendonly")
-    pc.addTransceiver("video", direction="sendonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 def rtp_shaped(ssrcs: list[int]) -> st.SearchStrategy[bytes]:
@@ -153,7 +74,7 @@ def _try(protect):
 async def test_garbage_at_shard_port_is_dropped_and_counted(sfu_server):
     publisher = await peers.publish(sfu_server.base_url, "live")
     viewer = await peers.watch(sfu_server.base_url, "live")
-    fuzz = FuzzPeer(sfu_server.rtc_port)
+    fuzz = peers.RawPeer(sfu_server.rtc_port)
     try:
         await viewer.wait_frames(10)
         await fuzz.join(sfu_server.base_url, "fuzzroom")
@@ -193,6 +114,6 @@ async def test_garbage_at_shard_port_is_dropped_and_counted(sfu_server):
         assert reasons & {"rtp_unknown_ssrc", "rtp_truncated", "rtp_bad_version", "rtp_bad_padding",
                           "rtp_bad_extension", "rtp_unexpected_payload_type", "rtcp_malformed"}, reasons
     finally:
-        fuzz.sock.close()
+        fuzz.close()
         await viewer.close()
         await publisher.close()
