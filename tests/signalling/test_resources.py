@@ -166,3 +166,16 @@ async def test_pages_health_and_metrics(sfu_server):
             assert "sfu_packets_dropped_total" in text or "sfu_packets_dropped" in text
         async with http.get(sfu_server.base_url + "/nope") as r:
             assert r.status == 404
+
+
+@pytest.mark.parametrize("name", ["chrome_publish", "obs_whip", "firefox_sendrecv", "aiortc_sendrecv"])
+async def test_publisher_offers_in_real_shapes_are_answered(sfu_server, name):
+    from pathlib import Path
+    offer = (Path(__file__).parent.parent / "data" / "sdp" / f"{name}.sdp").read_text()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(sfu_server.base_url + f"/whip/{name}", data=offer, headers=SDP) as r:
+            answer = await r.text()
+            assert r.status == 201, answer
+    assert "a=ice-lite" in answer and "a=recvonly" in answer
+    assert "a=candidate:1 1 udp 2130706431 127.0.0.1" in answer
+    assert "a=fingerprint:sha-256 " in answer
