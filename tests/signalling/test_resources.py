@@ -179,3 +179,14 @@ async def test_publisher_offers_in_real_shapes_are_answered(sfu_server, name):
     assert "a=ice-lite" in answer and "a=recvonly" in answer
     assert "a=candidate:1 1 udp 2130706431 127.0.0.1" in answer
     assert "a=fingerprint:sha-256 " in answer
+
+
+@pytest.mark.parametrize("path,marker", [
+    ("/", "publish.html"), ("/publish.html", "whip.js"), ("/watch.html", "sfuStats"),
+    ("/static/whip.js", "Retry-After"),
+])
+async def test_builtin_pages_are_served(sfu_server, path, marker):
+    async with aiohttp.ClientSession() as http:
+        async with http.get(sfu_server.base_url + path) as r:
+            assert r.status == 200
+            assert marker in await r.text()
