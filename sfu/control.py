@@ -137,6 +137,7 @@ class Channel:
         self._listener = listener
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._serving: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
         self.closed = asyncio.get_running_loop().create_future()
 
@@ -144,8 +145,8 @@ class Channel:
         rid = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        self._send(RequestFrame(id=rid, body=body))
         try:
+            self._send(RequestFrame(id=rid, body=body))
             return await asyncio.wait_for(fut, timeout_s)
         except asyncio.TimeoutError:
             raise ControlError(f"{type(body).__name__} timed out after {timeout_s} s") from None
@@ -177,7 +178,9 @@ class Channel:
                         else:
                             fut.set_exception(ControlError(frame.error))
                 elif isinstance(frame, RequestFrame):
-                    asyncio.get_running_loop().create_task(self._serve(frame))
+                    task = asyncio.get_running_loop().create_task(self._serve(frame))
+                    self._serving.add(task)
+                    task.add_done_callback(self._serving.discard)
                 else:
                     self._listener.on_notification(frame.body)
         except (asyncio.IncompleteReadError, ConnectionError, ControlError, msgspec.DecodeError):

@@ -125,7 +125,7 @@ class DtlsEndpoint:
         return []
 
     def receive(self, data: bytes) -> list[bytes]:
-        if self.state in ("failed", "closed"):
+        if self.state in ("failed", "closed") or not data:
             return []
         if self.state == "new":
             self.state = "connecting"

@@ -1,0 +1,164 @@
+"""Keyword factories for real packets, built with ``struct`` only.
+
+They are deliberately independent of ``sfu`` so the code under test is checked
+against an encoder written straight from the RFCs (RTP: RFC 3550 §5.1,
+header extensions: RFC 8285, VP8: RFC 7741 §4.2, H264: RFC 6184 §5).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterable, Mapping
+
+ONE_BYTE_PROFILE = 0xBEDE
+TWO_BYTE_PROFILE = 0x1000
+
+
+def encode_extensions(
+    extensions: Mapping[int, bytes] | Iterable[tuple[int, bytes]], two_byte: bool = False
+) -> bytes:
+    """The body of an RFC 8285 extension block (elements, then zero padding to 32 bits)."""
+    items = extensions.items() if isinstance(extensions, Mapping) else extensions
+    body = bytearray()
+    for ext_id, value in items:
+        if two_byte:
+            if not 1 <= ext_id <= 255 or len(value) > 255:
+                raise ValueError(f"two-byte element {ext_id} with {len(value)} bytes")
+            body += struct.pack("!BB", ext_id, len(value)) + value
+        else:
+            if not 1 <= ext_id <= 15 or not 1 <= len(value) <= 16:
+                raise ValueError(f"one-byte element {ext_id} with {len(value)} bytes")
+            body += struct.pack("!B", (ext_id << 4) | (len(value) - 1)) + value
+    body += bytes(-len(body) % 4)
+    return bytes(body)
+
+
+def make_rtp(
+    seq: int = 0,
+    ts: int = 0,
+    ssrc: int = 1234,
+    pt: int = 96,
+    marker: bool = False,
+    payload: bytes = b"\x10\x02payload",
+    extensions: Mapping[int, bytes] | Iterable[tuple[int, bytes]] | None = None,
+    two_byte: bool = False,
+    csrcs: Iterable[int] = (),
+    padding: int = 0,
+    extension_profile: int | None = None,
+    extension_body: bytes | None = None,
+    version: int = 2,
+) -> bytes:
+    """An RTP packet.
+
+    ``extensions`` maps id → value, encoded in the one-byte (or ``two_byte``)
+    form; ``extension_profile``/``extension_body`` give a raw block instead
+    (the body must be a multiple of 4 bytes). ``padding`` is the total number
+    of padding bytes, the last of which holds the count (RFC 3550 §5.1).
+    """
+    csrcs = tuple(csrcs)
+    if extensions is not None and extension_body is None:
+        extension_body = encode_extensions(extensions, two_byte)
+        if extension_profile is None:
+            extension_profile = TWO_BYTE_PROFILE if two_byte else ONE_BYTE_PROFILE
+    has_extension = extension_body is not None
+    if has_extension and len(extension_body) % 4:
+        raise ValueError("extension body must be a multiple of 4 bytes")
+    b0 = (version << 6) | (0x20 if padding else 0) | (0x10 if has_extension else 0) | len(csrcs)
+    b1 = (0x80 if marker else 0) | pt
+    packet = bytearray(struct.pack("!BBHII", b0, b1, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc))
+    for csrc in csrcs:
+        packet += struct.pack("!I", csrc)
+    if has_extension:
+        profile = ONE_BYTE_PROFILE if extension_profile is None else extension_profile
+        packet += struct.pack("!HH", profile, len(extension_body) // 4) + extension_body
+    packet += payload
+    if padding:
+        packet += bytes(padding - 1) + struct.pack("!B", padding)
+    return bytes(packet)
+
+
+def make_rtcp_rr(ssrc: int = 1234) -> bytes:
+    """An RTCP receiver report with no report blocks (RFC 3550 §6.4.2)."""
+    return struct.pack("!BBHI", 0x80, 201, 1, ssrc)
+
+
+def make_vp8_payload(
+    keyframe: bool = True,
+    *,
+    start: bool = True,
+    partition: int = 0,
+    picture_id: int | None = None,
+    picture_id_bits: int | None = None,
+    tl0picidx: int | None = None,
+    tid: int | None = None,
+    keyidx: int | None = None,
+    non_reference: bool = False,
+    width: int = 640,
+    height: int = 480,
+    frame: bytes = b"\x00\x11\x22\x33",
+) -> bytes:
+    """A VP8 RTP payload: descriptor (RFC 7741 §4.2), then the frame bytes.
+
+    A packet that starts partition 0 carries the VP8 payload header (frame tag,
+    RFC 6386 §9.1), with the key frame start code and size when ``keyframe``.
+    Any other packet carries ``frame`` as a continuation, which begins with an
+    even byte so a reader that forgets the S bit would see "P = 0".
+    """
+    extended = any(v is not None for v in (picture_id, tl0picidx, tid, keyidx))
+    b0 = (0x80 if extended else 0) | (0x20 if non_reference else 0) | (0x10 if start else 0) | partition
+    out = bytearray(struct.pack("!B", b0))
+    if extended:
+        x = (0x80 if picture_id is not None else 0) | (0x40 if tl0picidx is not None else 0)
+        x |= (0x20 if tid is not None else 0) | (0x10 if keyidx is not None else 0)
+        out += struct.pack("!B", x)
+        if picture_id is not None:
+            bits = picture_id_bits or (7 if picture_id < 0x80 else 15)
+            if bits == 7:
+                out += struct.pack("!B", picture_id & 0x7F)
+            else:
+                out += struct.pack("!H", 0x8000 | (picture_id & 0x7FFF))
+        if tl0picidx is not None:
+            out += struct.pack("!B", tl0picidx)
+        if tid is not None or keyidx is not None:
+            out += struct.pack("!B", ((tid or 0) << 6) | (keyidx or 0))
+    if start and partition == 0:
+        first_partition_size = 100
+        tag = (first_partition_size << 5) | 0x10 | (0 if keyframe else 1)  # show_frame, P
+        out += struct.pack("<I", tag)[:3]
+        if keyframe:
+            out += b"\x9d\x01\x2a" + struct.pack("<HH", width, height)
+        out += frame
+    else:
+        out += b"\x00" + frame
+    return bytes(out)
+
+
+def _nal(nal_type: int, nri: int, body: bytes) -> bytes:
+    return struct.pack("!B", (nri << 5) | nal_type) + body
+
+
+def make_h264_payload(
+    nal_type: int | None = 5,
+    *,
+    stap_a: Iterable[int] | None = None,
+    fu_a: int | None = None,
+    fu_start: bool = True,
+    fu_end: bool = False,
+    nri: int = 3,
+    body: bytes = b"\x88\x84\x21\xa0",
+) -> bytes:
+    """An H264 RTP payload (RFC 6184): a single NAL unit of ``nal_type``, or
+    a STAP-A aggregating NAL units of the ``stap_a`` types, or an FU-A fragment
+    of a NAL unit of type ``fu_a``."""
+    if stap_a is not None:
+        out = bytearray(struct.pack("!B", (nri << 5) | 24))
+        for t in stap_a:
+            unit = _nal(t, nri, body)
+            out += struct.pack("!H", len(unit)) + unit
+        return bytes(out)
+    if fu_a is not None:
+        indicator = (nri << 5) | 28
+        header = (0x80 if fu_start else 0) | (0x40 if fu_end else 0) | fu_a
+        return struct.pack("!BB", indicator, header) + body
+    assert nal_type is not None
+    return _nal(nal_type, nri, body)
