@@ -37,20 +37,20 @@ cdef class ExtIds:
         self.audio_level = audio_level
 
 
-cdef inline unsigned int _u16(const unsigned char* p) nogil:
+cdef inline unsigned int _u16(const unsigned char* p) noexcept nogil:
     return (p[0] << 8) | p[1]
 
 
-cdef inline unsigned int _u32(const unsigned char* p) nogil:
+cdef inline unsigned int _u32(const unsigned char* p) noexcept nogil:
     return (<unsigned int>p[0] << 24) | (<unsigned int>p[1] << 16) | (<unsigned int>p[2] << 8) | p[3]
 
 
-cdef inline void _put16(unsigned char* p, unsigned int v) nogil:
+cdef inline void _put16(unsigned char* p, unsigned int v) noexcept nogil:
     p[0] = (v >> 8) & 0xFF
     p[1] = v & 0xFF
 
 
-cdef inline void _put32(unsigned char* p, unsigned int v) nogil:
+cdef inline void _put32(unsigned char* p, unsigned int v) noexcept nogil:
     p[0] = (v >> 24) & 0xFF
     p[1] = (v >> 16) & 0xFF
     p[2] = (v >> 8) & 0xFF
@@ -273,3 +273,1466 @@ def is_keyframe(int codec, const unsigned char[::1] data, RtpInfo info):
             return pos + 1 < end and (data[pos + 1] & 0x80) != 0 and (data[pos + 1] & 0x1F) in (5, 7)
         return False
     return False
+
+
+# =====================================================================================
+# The forwarding engine: every media packet of a shard, from recvmmsg to sendmmsg.
+#
+# Python owns control (which transports, producers and consumers exist, their keys
+# and payload types) and hands it to the Engine through add_*/remove_* calls. The
+# Engine owns packets: it reads datagrams in batches, passes STUN and DTLS up to
+# Python (rare, and not forwarded media), and does everything else in C: SRTP,
+# RTP/RTCP parsing, routing, NACK history, keyframe request coalescing, per-consumer
+# rewrite and protection, pacing, and batched sends. No Python object is created
+# per forwarded packet.
+# =====================================================================================
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t, uintptr_t
+from libc.string cimport memset, memmove, memcmp
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.errno cimport errno, EINTR
+from posix.time cimport clock_gettime, CLOCK_MONOTONIC, timespec
+
+cdef extern from "<sys/uio.h>":
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+
+cdef extern from "<sys/socket.h>":
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+    struct sockaddr:
+        sa_family_t sa_family
+    struct sockaddr_storage:
+        sa_family_t ss_family
+    struct msghdr:
+        void* msg_name
+        socklen_t msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int recvmmsg(int fd, mmsghdr* msgs, unsigned int n, int flags, timespec* timeout) nogil
+    int sendmmsg(int fd, mmsghdr* msgs, unsigned int n, int flags) nogil
+    int MSG_DONTWAIT
+    int AF_INET
+    int AF_INET6
+
+cdef extern from "<netinet/in.h>":
+    struct in_addr:
+        uint32_t s_addr
+    struct sockaddr_in:
+        sa_family_t sin_family
+        uint16_t sin_port
+        in_addr sin_addr
+    struct in6_addr:
+        uint8_t s6_addr[16]
+    struct sockaddr_in6:
+        sa_family_t sin6_family
+        uint16_t sin6_port
+        uint32_t sin6_flowinfo
+        in6_addr sin6_addr
+        uint32_t sin6_scope_id
+
+cdef extern from "<arpa/inet.h>":
+    uint16_t htons(uint16_t) nogil
+    uint16_t ntohs(uint16_t) nogil
+    int inet_pton(int af, const char* src, void* dst)
+    const char* inet_ntop(int af, const void* src, char* dst, socklen_t size)
+
+# libsrtp 2: srtp_err_status_t fn(srtp_t ctx, void* hdr, int* len_ptr). The function
+# addresses come from pylibsrtp's CFFI module (its OpenSSL-backed libsrtp), so each
+# call is a plain C call.
+ctypedef int (*srtp_fn)(void* ctx, void* hdr, int* length) noexcept nogil
+cdef srtp_fn _srtp_protect = NULL
+cdef srtp_fn _srtp_unprotect = NULL
+cdef srtp_fn _srtp_protect_rtcp = NULL
+cdef srtp_fn _srtp_unprotect_rtcp = NULL
+
+
+def configure_srtp(uintptr_t protect, uintptr_t unprotect, uintptr_t protect_rtcp, uintptr_t unprotect_rtcp):
+    """Give the engine libsrtp's entry points (see ``sfu.fastpath``)."""
+    global _srtp_protect, _srtp_unprotect, _srtp_protect_rtcp, _srtp_unprotect_rtcp
+    _srtp_protect = <srtp_fn>protect
+    _srtp_unprotect = <srtp_fn>unprotect
+    _srtp_protect_rtcp = <srtp_fn>protect_rtcp
+    _srtp_unprotect_rtcp = <srtp_fn>unprotect_rtcp
+
+
+DEF SLOT = 2048            # bytes per datagram slot: MTU-sized packet + header growth + SRTP trailer
+DEF MAX_RTP = 1800         # larger incoming media is dropped (it could not be rewritten into a slot)
+DEF IN_BATCH = 64          # datagrams per recvmmsg
+DEF OUT_BATCH = 256        # datagrams per sendmmsg
+DEF MAX_BATCHES = 16       # recvmmsg calls per readable event, to stay fair to the loop
+DEF RING = 1024            # NACK history per video producer, in packets
+DEF PACER_QUEUE = 512      # paced packets a consumer may hold (producer sequence numbers)
+
+# Drop reasons: index into Engine.drops; names exported for metrics.
+DROP_REASONS = (
+    "unknown_address", "srtp_not_ready", "srtp_unprotect_failed", "srtcp_unprotect_failed",
+    "rtp_truncated", "rtp_bad_version", "rtp_bad_padding", "rtp_bad_extension", "rtp_too_large",
+    "rtp_unknown_ssrc", "rtp_unexpected_payload_type", "rtp_padding_only", "rtx_no_osn",
+    "rtcp_malformed", "waiting_for_keyframe", "nack_not_in_buffer", "srtp_protect_failed",
+    "send_failed", "pacer_queue_full", "pacer_expired", "unknown_protocol", "empty_datagram",
+)
+cdef enum Drop:
+    D_UNKNOWN_ADDRESS, D_SRTP_NOT_READY, D_SRTP_UNPROTECT, D_SRTCP_UNPROTECT,
+    D_RTP_TRUNCATED, D_RTP_BAD_VERSION, D_RTP_BAD_PADDING, D_RTP_BAD_EXTENSION, D_RTP_TOO_LARGE,
+    D_RTP_UNKNOWN_SSRC, D_RTP_UNEXPECTED_PT, D_RTP_PADDING_ONLY, D_RTX_NO_OSN,
+    D_RTCP_MALFORMED, D_WAITING_KEYFRAME, D_NACK_NOT_IN_BUFFER, D_SRTP_PROTECT,
+    D_SEND_FAILED, D_PACER_QUEUE_FULL, D_PACER_EXPIRED, D_UNKNOWN_PROTOCOL, D_EMPTY,
+    D_COUNT
+
+
+cdef struct Hdr:
+    # One parsed RTP header: offsets into the datagram, never copies.
+    int pt
+    int marker
+    uint32_t seq
+    uint32_t ts
+    uint32_t ssrc
+    int cc
+    int payload_off
+    int payload_len
+    int mid_off
+    int mid_len
+    int abs_off
+    int level_off
+
+
+cdef int _parse(const uint8_t* p, int n, int id_mid, int id_abs, int id_level, Hdr* h) noexcept nogil:
+    """Fill ``h``; return -1 - drop reason on error. Every read is bounds-checked."""
+    cdef int pos, end, padding = 0, two_byte, ext_id, length
+    cdef uint32_t profile
+    if n < 12:
+        return -1 - D_RTP_TRUNCATED
+    if p[0] >> 6 != 2:
+        return -1 - D_RTP_BAD_VERSION
+    h.cc = p[0] & 0x0F
+    pos = 12 + 4 * h.cc
+    if pos > n:
+        return -1 - D_RTP_TRUNCATED
+    h.pt = p[1] & 0x7F
+    h.marker = p[1] >> 7
+    h.seq = _u16(p + 2)
+    h.ts = _u32(p + 4)
+    h.ssrc = _u32(p + 8)
+    h.mid_off = h.abs_off = h.level_off = -1
+    h.mid_len = 0
+    if p[0] & 0x10:
+        if pos + 4 > n:
+            return -1 - D_RTP_TRUNCATED
+        profile = _u16(p + pos)
+        end = pos + 4 + 4 * <int>_u16(p + pos + 2)
+        if end > n:
+            return -1 - D_RTP_TRUNCATED
+        pos += 4
+        if profile == 0xBEDE or (profile & 0xFFF0) == 0x1000:
+            two_byte = profile != 0xBEDE
+            while pos < end:
+                if p[pos] == 0:
+                    pos += 1
+                    continue
+                if two_byte:
+                    if pos + 2 > end:
+                        return -1 - D_RTP_BAD_EXTENSION
+                    ext_id = p[pos]
+                    length = p[pos + 1]
+                    pos += 2
+                else:
+                    ext_id = p[pos] >> 4
+                    if ext_id == 15:
+                        break
+                    length = (p[pos] & 0x0F) + 1
+                    pos += 1
+                if pos + length > end:
+                    return -1 - D_RTP_BAD_EXTENSION
+                if ext_id == id_mid and id_mid:
+                    h.mid_off = pos
+                    h.mid_len = length
+                elif ext_id == id_abs and id_abs and length == 3:
+                    h.abs_off = pos
+                elif ext_id == id_level and id_level and length == 1:
+                    h.level_off = pos
+                pos += length
+        pos = end
+    if p[0] & 0x20:
+        if n == pos:
+            return -1 - D_RTP_BAD_PADDING
+        padding = p[n - 1]
+        if padding == 0 or pos + padding > n:
+            return -1 - D_RTP_BAD_PADDING
+    h.payload_off = pos
+    h.payload_len = n - pos - padding
+    return 0
+
+
+cdef bint _keyframe(int codec, const uint8_t* data, int pos, int end) noexcept nogil:
+    cdef uint8_t d, x
+    cdef int nal, size
+    if pos >= end:
+        return False
+    if codec == 1:
+        d = data[pos]
+        if not d & 0x10 or d & 0x07:
+            return False
+        pos += 1
+        if d & 0x80:
+            if pos >= end:
+                return False
+            x = data[pos]
+            pos += 1
+            if x & 0x80:
+                if pos >= end:
+                    return False
+                pos += 2 if data[pos] & 0x80 else 1
+            if x & 0x40:
+                pos += 1
+            if x & 0x30:
+                pos += 1
+        return pos < end and not data[pos] & 0x01
+    if codec == 2:
+        nal = data[pos] & 0x1F
+        if nal == 5 or nal == 7:
+            return True
+        if nal == 24:
+            pos += 1
+            while pos + 2 < end:
+                size = (data[pos] << 8) | data[pos + 1]
+                if size == 0 or pos + 2 + size > end:
+                    return False
+                if (data[pos + 2] & 0x1F) == 5 or (data[pos + 2] & 0x1F) == 7:
+                    return True
+                pos += 2 + size
+            return False
+        if nal == 28:
+            return pos + 1 < end and (data[pos + 1] & 0x80) != 0 and \
+                ((data[pos + 1] & 0x1F) == 5 or (data[pos + 1] & 0x1F) == 7)
+    return False
+
+
+# --- a small open-addressing hash map: uint64 key -> int32 value ----------------------
+
+cdef struct MapEntry:
+    uint64_t key
+    int32_t value
+    int32_t state  # 0 empty, 1 full, 2 deleted
+
+
+cdef struct Map:
+    MapEntry* entries
+    size_t cap      # power of two
+    size_t used     # full
+    size_t filled   # full + deleted
+
+
+cdef inline size_t _hash64(uint64_t k) noexcept nogil:
+    k ^= k >> 33
+    k *= 0xff51afd7ed558ccdULL
+    k ^= k >> 33
+    k *= 0xc4ceb9fe1a85ec53ULL
+    k ^= k >> 33
+    return <size_t>k
+
+
+cdef int _map_init(Map* m, size_t cap) except -1:
+    m.entries = <MapEntry*>calloc(cap, sizeof(MapEntry))
+    if m.entries == NULL:
+        raise MemoryError()
+    m.cap = cap
+    m.used = m.filled = 0
+    return 0
+
+
+cdef int32_t _map_get(Map* m, uint64_t key) noexcept nogil:
+    cdef size_t mask = m.cap - 1
+    cdef size_t i = _hash64(key) & mask
+    while True:
+        if m.entries[i].state == 0:
+            return -1
+        if m.entries[i].state == 1 and m.entries[i].key == key:
+            return m.entries[i].value
+        i = (i + 1) & mask
+
+
+cdef int _map_put(Map* m, uint64_t key, int32_t value) except -1:
+    cdef size_t mask, i
+    cdef MapEntry* old
+    cdef size_t old_cap, j
+    if (m.filled + 1) * 2 > m.cap:
+        old = m.entries
+        old_cap = m.cap
+        _map_init(m, old_cap * 2 if m.used * 4 > old_cap else old_cap)
+        for j in range(old_cap):
+            if old[j].state == 1:
+                _map_put(m, old[j].key, old[j].value)
+        free(old)
+    mask = m.cap - 1
+    i = _hash64(key) & mask
+    while m.entries[i].state == 1:
+        if m.entries[i].key == key:
+            m.entries[i].value = value
+            return 0
+        i = (i + 1) & mask
+    # Reuse a tombstone only after checking the key is not further along.
+    if _map_get(m, key) != -1:
+        _map_del(m, key)
+        return _map_put(m, key, value)
+    if m.entries[i].state == 0:
+        m.filled += 1
+    m.entries[i].state = 1
+    m.entries[i].key = key
+    m.entries[i].value = value
+    m.used += 1
+    return 0
+
+
+cdef void _map_del(Map* m, uint64_t key) noexcept nogil:
+    cdef size_t mask = m.cap - 1
+    cdef size_t i = _hash64(key) & mask
+    while m.entries[i].state != 0:
+        if m.entries[i].state == 1 and m.entries[i].key == key:
+            m.entries[i].state = 2
+            m.used -= 1
+            return
+        i = (i + 1) & mask
+
+
+# --- control-plane records, kept in C arrays indexed by slot ---------------------------
+
+cdef struct TransportRec:
+    int in_use
+    int has_addr
+    sockaddr_storage addr
+    socklen_t addrlen
+    uint64_t addr_key
+    void* srtp_rx
+    void* srtp_tx
+    int secure        # SRTP expected (WebRTC) vs plain RTP (relay, recorder)
+    int ready         # keys installed, or plain
+    int id_mid
+    int id_abs
+    int id_level
+    double last_seen
+    uint32_t rtcp_ssrc
+    uint64_t packets_in
+    uint64_t bytes_in
+    uint64_t packets_out
+    uint64_t bytes_out
+    uint32_t remb_bps
+    double tokens
+    double tokens_at
+    int n_producers
+
+
+cdef struct ProducerRec:
+    int in_use
+    int transport
+    int is_video
+    int codec
+    int pt
+    int rtx_pt
+    int clock_rate
+    uint32_t ssrc
+    uint32_t rtx_ssrc
+    int has_ssrc
+    int has_rtx_ssrc
+    uint8_t mid[16]
+    int mid_len
+    # RFC 3550 receive statistics
+    int started
+    uint32_t base_seq
+    uint32_t max_seq
+    uint32_t cycles
+    uint32_t received
+    uint32_t expected_prior
+    uint32_t received_prior
+    double jitter
+    double last_transit
+    int has_transit
+    uint32_t lsr
+    double lsr_at
+    uint64_t bytes
+    # NACK history (video only)
+    uint8_t* ring
+    uint16_t* ring_len
+    int32_t* ring_seq
+    # keyframe request coalescing
+    double last_pli
+    int pli_pending
+    uint64_t pli_sent
+    uint64_t pli_coalesced
+    # consumers
+    int32_t* consumers
+    int n_consumers
+    int cap_consumers
+
+
+cdef struct ConsumerRec:
+    int in_use
+    int transport
+    int producer
+    int is_video
+    int pt
+    int rtx_pt
+    int has_rtx
+    int nack
+    uint32_t ssrc
+    uint32_t rtx_ssrc
+    int id_mid
+    int id_abs
+    int id_level
+    uint8_t mid[16]
+    int mid_len
+    int started
+    uint16_t first_seq
+    uint32_t first_ts
+    uint16_t seq_offset
+    uint32_t ts_offset
+    uint16_t rtx_seq
+    uint64_t packets_sent
+    uint64_t bytes_sent
+    uint64_t nacks_served
+    double keyframe_asked
+    # pacer: producer sequence numbers waiting for tokens
+    uint16_t* queue
+    int q_head
+    int q_len
+
+
+cdef inline double _now() noexcept nogil:
+    cdef timespec t
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return t.tv_sec + t.tv_nsec * 1e-9
+
+
+cdef uint64_t _addr_key(const sockaddr_storage* a) noexcept nogil:
+    cdef const sockaddr_in* a4
+    cdef const sockaddr_in6* a6
+    cdef uint64_t k = 0
+    cdef int i
+    if a.ss_family == AF_INET:
+        a4 = <const sockaddr_in*>a
+        return (<uint64_t>a4.sin_addr.s_addr << 16) | a4.sin_port
+    a6 = <const sockaddr_in6*>a
+    k = 0xcbf29ce484222325ULL
+    for i in range(16):
+        k = (k ^ a6.sin6_addr.s6_addr[i]) * 0x100000001b3ULL
+    return (k ^ a6.sin6_port) | (1ULL << 63)
+
+
+cdef int _sockaddr(object host, int port, sockaddr_storage* out, socklen_t* outlen) except -1:
+    cdef bytes h = host.encode()
+    cdef sockaddr_in* a4 = <sockaddr_in*>out
+    cdef sockaddr_in6* a6 = <sockaddr_in6*>out
+    memset(out, 0, sizeof(sockaddr_storage))
+    if inet_pton(AF_INET, h, &a4.sin_addr) == 1:
+        a4.sin_family = AF_INET
+        a4.sin_port = htons(port)
+        outlen[0] = sizeof(sockaddr_in)
+        return 0
+    memset(out, 0, sizeof(sockaddr_storage))
+    if inet_pton(AF_INET6, h, &a6.sin6_addr) == 1:
+        a6.sin6_family = AF_INET6
+        a6.sin6_port = htons(port)
+        outlen[0] = sizeof(sockaddr_in6)
+        return 0
+    raise ValueError(f"not an IP address: {host!r}")
+
+
+cdef object _py_addr(const sockaddr_storage* a):
+    cdef char text[64]
+    if a.ss_family == AF_INET:
+        inet_ntop(AF_INET, &(<const sockaddr_in*>a).sin_addr, text, 64)
+        return (text.decode(), ntohs((<const sockaddr_in*>a).sin_port))
+    inet_ntop(AF_INET6, &(<const sockaddr_in6*>a).sin6_addr, text, 64)
+    return (text.decode(), ntohs((<const sockaddr_in6*>a).sin6_port))
+
+
+cdef inline uint64_t _ssrc_key(int transport, uint32_t ssrc) noexcept nogil:
+    return (<uint64_t>transport << 32) | ssrc
+
+
+cdef inline uint64_t _consumer_key(int transport, uint32_t ssrc) noexcept nogil:
+    return (1ULL << 62) | (<uint64_t>transport << 32) | ssrc
+
+
+cdef class Engine:
+    """The shard's packet engine. See the module section header for the split of work."""
+
+    cdef int fd
+    cdef object slow_path
+    cdef public double keyframe_min_interval_s
+    cdef public bint pacer_enabled
+    cdef public double pacer_rate_bytes_s
+    cdef public double pacer_burst_bytes
+    # records
+    cdef TransportRec* transports
+    cdef ProducerRec* producers
+    cdef ConsumerRec* consumers
+    cdef int n_transports, n_producers, n_consumers   # capacities
+    cdef Map addr_map       # address key -> transport
+    cdef Map ssrc_map       # (transport, ssrc) -> producer << 1 | is_rtx
+    cdef Map consumer_map   # (transport, consumer ssrc) -> consumer
+    cdef list srtp_refs     # per transport slot: the pylibsrtp sessions whose contexts we hold
+    # batches
+    cdef uint8_t* in_buf
+    cdef mmsghdr in_msgs[IN_BATCH]
+    cdef iovec in_iov[IN_BATCH]
+    cdef sockaddr_storage in_addr[IN_BATCH]
+    cdef uint8_t* out_buf
+    cdef mmsghdr out_msgs[OUT_BATCH]
+    cdef iovec out_iov[OUT_BATCH]
+    cdef sockaddr_storage out_addr[OUT_BATCH]
+    cdef int n_out
+    cdef uint8_t scratch[SLOT]
+    # counters
+    cdef uint64_t drops[<int>D_COUNT]
+    cdef public uint64_t packets_in, bytes_in, packets_out, bytes_out
+    cdef public uint64_t nacks_received, keyframe_requests_received, rtcp_in
+    cdef public uint64_t nacks_served, pli_sent, pli_coalesced
+    cdef int paced_consumers
+
+    def __cinit__(self):
+        self.transports = NULL
+        self.producers = NULL
+        self.consumers = NULL
+        self.in_buf = NULL
+        self.out_buf = NULL
+        self.addr_map.entries = NULL
+        self.ssrc_map.entries = NULL
+        self.consumer_map.entries = NULL
+
+    def __init__(self, int fd, slow_path, *, double keyframe_min_interval_s=0.5,
+                 bint pacer_enabled=True, double pacer_rate_bps=20_000_000, double pacer_burst_bytes=30_000):
+        """``fd``: the shard's non-blocking UDP socket. ``slow_path(data, addr)`` gets
+        every datagram the engine does not forward itself (STUN, DTLS, unknown peers)."""
+        cdef int i
+        self.fd = fd
+        self.slow_path = slow_path
+        self.keyframe_min_interval_s = keyframe_min_interval_s
+        self.pacer_enabled = pacer_enabled
+        self.pacer_rate_bytes_s = pacer_rate_bps / 8.0
+        self.pacer_burst_bytes = pacer_burst_bytes
+        self.srtp_refs = []
+        _map_init(&self.addr_map, 64)
+        _map_init(&self.ssrc_map, 64)
+        _map_init(&self.consumer_map, 64)
+        self.in_buf = <uint8_t*>malloc(IN_BATCH * SLOT)
+        self.out_buf = <uint8_t*>malloc(OUT_BATCH * SLOT)
+        if self.in_buf == NULL or self.out_buf == NULL:
+            raise MemoryError()
+        for i in range(IN_BATCH):
+            self.in_iov[i].iov_base = self.in_buf + i * SLOT
+            self.in_iov[i].iov_len = SLOT
+            memset(&self.in_msgs[i], 0, sizeof(mmsghdr))
+            self.in_msgs[i].msg_hdr.msg_iov = &self.in_iov[i]
+            self.in_msgs[i].msg_hdr.msg_iovlen = 1
+            self.in_msgs[i].msg_hdr.msg_name = &self.in_addr[i]
+        for i in range(OUT_BATCH):
+            self.out_iov[i].iov_base = self.out_buf + i * SLOT
+            memset(&self.out_msgs[i], 0, sizeof(mmsghdr))
+            self.out_msgs[i].msg_hdr.msg_iov = &self.out_iov[i]
+            self.out_msgs[i].msg_hdr.msg_iovlen = 1
+            self.out_msgs[i].msg_hdr.msg_name = &self.out_addr[i]
+        self.n_out = 0
+        memset(self.drops, 0, sizeof(self.drops))
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(self.n_producers):
+            free(self.producers[i].ring)
+            free(self.producers[i].ring_len)
+            free(self.producers[i].ring_seq)
+            free(self.producers[i].consumers)
+        for i in range(self.n_consumers):
+            free(self.consumers[i].queue)
+        free(self.transports)
+        free(self.producers)
+        free(self.consumers)
+        free(self.in_buf)
+        free(self.out_buf)
+        free(self.addr_map.entries)
+        free(self.ssrc_map.entries)
+        free(self.consumer_map.entries)
+
+    # --- slots ----------------------------------------------------------------------
+
+    cdef int _slot(self, void** array, int* count, size_t size) except -1:
+        """First free slot of a record array (``in_use`` is each record's first field)."""
+        cdef int i, n = count[0]
+        cdef void* grown
+        for i in range(n):
+            if not (<int*>(<char*>array[0] + i * size))[0]:
+                memset(<char*>array[0] + i * size, 0, size)
+                return i
+        grown = realloc(array[0], (n * 2 + 8) * size)
+        if grown == NULL:
+            raise MemoryError()
+        memset(<char*>grown + n * size, 0, (n + 8) * size)
+        array[0] = grown
+        count[0] = n * 2 + 8
+        return n
+
+    cdef TransportRec* _transport(self, int t) except NULL:
+        if t < 0 or t >= self.n_transports or not self.transports[t].in_use:
+            raise KeyError(f"no transport {t}")
+        return &self.transports[t]
+
+    cdef ProducerRec* _producer(self, int p) except NULL:
+        if p < 0 or p >= self.n_producers or not self.producers[p].in_use:
+            raise KeyError(f"no producer {p}")
+        return &self.producers[p]
+
+    cdef ConsumerRec* _consumer(self, int c) except NULL:
+        if c < 0 or c >= self.n_consumers or not self.consumers[c].in_use:
+            raise KeyError(f"no consumer {c}")
+        return &self.consumers[c]
+
+    # --- control: transports ----------------------------------------------------------
+
+    def add_transport(self, *, bint secure=True, int mid=0, int abs_send_time=0, int audio_level=0,
+                      uint32_t rtcp_ssrc=1) -> int:
+        """A peer's association. ``secure``: SRTP once keys arrive; else plain RTP."""
+        cdef int t = self._slot(<void**>&self.transports, &self.n_transports, sizeof(TransportRec))
+        cdef TransportRec* tr = &self.transports[t]
+        tr.in_use = 1
+        tr.secure = secure
+        tr.ready = not secure
+        tr.id_mid = mid
+        tr.id_abs = abs_send_time
+        tr.id_level = audio_level
+        tr.rtcp_ssrc = rtcp_ssrc
+        tr.last_seen = _now()
+        tr.tokens = self.pacer_burst_bytes
+        tr.tokens_at = tr.last_seen
+        while len(self.srtp_refs) <= t:
+            self.srtp_refs.append(None)
+        self.srtp_refs[t] = None
+        return t
+
+    def set_transport_extensions(self, int t, *, int mid=0, int abs_send_time=0, int audio_level=0):
+        cdef TransportRec* tr = self._transport(t)
+        tr.id_mid, tr.id_abs, tr.id_level = mid, abs_send_time, audio_level
+
+    def set_transport_address(self, int t, str host, int port):
+        """Where the peer is (ICE told us): its datagrams are now recognised, ours go there."""
+        cdef TransportRec* tr = self._transport(t)
+        cdef int32_t other
+        if tr.has_addr and _map_get(&self.addr_map, tr.addr_key) == t:
+            _map_del(&self.addr_map, tr.addr_key)
+        _sockaddr(host, port, &tr.addr, &tr.addrlen)
+        tr.addr_key = _addr_key(&tr.addr)
+        tr.has_addr = 1
+        other = _map_get(&self.addr_map, tr.addr_key)
+        if other >= 0 and other != t:
+            self.transports[other].has_addr = 0  # the newest peer at an address wins
+        _map_put(&self.addr_map, tr.addr_key, t)
+
+    def set_transport_srtp(self, int t, rx_session, tx_session):
+        """Install libsrtp contexts (pylibsrtp Sessions; we keep them alive)."""
+        cdef TransportRec* tr = self._transport(t)
+        from pylibsrtp._binding import ffi
+        tr.srtp_rx = <void*><uintptr_t>int(ffi.cast("uintptr_t", rx_session._srtp[0]))
+        tr.srtp_tx = <void*><uintptr_t>int(ffi.cast("uintptr_t", tx_session._srtp[0]))
+        self.srtp_refs[t] = (rx_session, tx_session)
+        tr.ready = 1
+
+    def transport_last_seen(self, int t) -> float:
+        return self._transport(t).last_seen
+
+    def touch_transport(self, int t):
+        """A valid STUN check or DTLS record counts as a sign of life too."""
+        self._transport(t).last_seen = _now()
+
+    def transport_remb_bps(self, int t) -> int:
+        return self._transport(t).remb_bps
+
+    def remove_transport(self, int t):
+        cdef TransportRec* tr = self._transport(t)
+        cdef int i
+        for i in range(self.n_consumers):
+            if self.consumers[i].in_use and self.consumers[i].transport == t:
+                self.remove_consumer(i)
+        for i in range(self.n_producers):
+            if self.producers[i].in_use and self.producers[i].transport == t:
+                self.remove_producer(i)
+        if tr.has_addr and _map_get(&self.addr_map, tr.addr_key) == t:
+            _map_del(&self.addr_map, tr.addr_key)
+        tr.in_use = 0
+        self.srtp_refs[t] = None
+
+    # --- control: producers -----------------------------------------------------------
+
+    def add_producer(self, int t, *, bint video, int codec, int payload_type, int clock_rate,
+                     int rtx_payload_type=-1, ssrc=None, rtx_ssrc=None, bytes mid=b"") -> int:
+        cdef TransportRec* tr = self._transport(t)
+        cdef int p = self._slot(<void**>&self.producers, &self.n_producers, sizeof(ProducerRec))
+        cdef ProducerRec* pr = &self.producers[p]
+        pr.in_use = 1
+        pr.transport = t
+        pr.is_video = video
+        pr.codec = codec
+        pr.pt = payload_type
+        pr.rtx_pt = rtx_payload_type
+        pr.clock_rate = clock_rate
+        pr.mid_len = min(len(mid), 16)
+        memcpy(pr.mid, <const char*>mid, pr.mid_len)
+        pr.last_pli = -1e9
+        if video:
+            pr.ring = <uint8_t*>malloc(RING * SLOT)
+            pr.ring_len = <uint16_t*>calloc(RING, sizeof(uint16_t))
+            pr.ring_seq = <int32_t*>malloc(RING * sizeof(int32_t))
+            if pr.ring == NULL or pr.ring_len == NULL or pr.ring_seq == NULL:
+                raise MemoryError()
+            memset(pr.ring_seq, 0xFF, RING * sizeof(int32_t))
+        if ssrc is not None:
+            self._bind_ssrc(p, ssrc, False)
+        if rtx_ssrc is not None:
+            self._bind_ssrc(p, rtx_ssrc, True)
+        tr.n_producers += 1
+        return p
+
+    cdef int _bind_ssrc(self, int p, uint32_t ssrc, bint rtx) except -1:
+        cdef ProducerRec* pr = &self.producers[p]
+        if rtx:
+            pr.rtx_ssrc = ssrc
+            pr.has_rtx_ssrc = 1
+        else:
+            pr.ssrc = ssrc
+            pr.has_ssrc = 1
+        _map_put(&self.ssrc_map, _ssrc_key(pr.transport, ssrc), (p << 1) | rtx)
+        return 0
+
+    def remove_producer(self, int p):
+        """Its consumers stay (Python closes them, sending BYE first) but get nothing more."""
+        cdef ProducerRec* pr = self._producer(p)
+        cdef int i
+        if pr.has_ssrc:
+            _map_del(&self.ssrc_map, _ssrc_key(pr.transport, pr.ssrc))
+        if pr.has_rtx_ssrc:
+            _map_del(&self.ssrc_map, _ssrc_key(pr.transport, pr.rtx_ssrc))
+        for i in range(pr.n_consumers):
+            self.consumers[pr.consumers[i]].producer = -1
+        pr.n_consumers = 0
+        self.transports[pr.transport].n_producers -= 1
+        free(pr.ring)
+        free(pr.ring_len)
+        free(pr.ring_seq)
+        pr.ring = NULL
+        pr.ring_len = NULL
+        pr.ring_seq = NULL
+        pr.in_use = 0
+
+    def producer_ssrc(self, int p):
+        cdef ProducerRec* pr = self._producer(p)
+        return pr.ssrc if pr.has_ssrc else None
+
+    def producer_stats(self, int p) -> dict:
+        cdef ProducerRec* pr = self._producer(p)
+        return {
+            "received": pr.received, "bytes": pr.bytes,
+            "lost": max(0, <int64_t>(pr.cycles + pr.max_seq) - pr.base_seq + 1 - pr.received) if pr.started else 0,
+            "jitter": pr.jitter, "jitter_seconds": pr.jitter / pr.clock_rate if pr.clock_rate else 0.0,
+            "keyframe_requests_sent": pr.pli_sent, "keyframe_requests_coalesced": pr.pli_coalesced,
+            "consumers": pr.n_consumers,
+        }
+
+    # --- control: consumers -----------------------------------------------------------
+
+    def add_consumer(self, int t, int p, *, int payload_type, uint32_t ssrc, int rtx_payload_type=-1,
+                     rtx_ssrc=None, bint nack=True, int mid=0, int abs_send_time=0, int audio_level=0,
+                     bytes mid_value=b"", uint16_t first_seq=0, uint32_t first_ts=0,
+                     uint16_t first_rtx_seq=0) -> int:
+        """One producer delivered on transport ``t`` with the viewer's numbering."""
+        self._transport(t)
+        cdef ProducerRec* pr = self._producer(p)
+        cdef int c = self._slot(<void**>&self.consumers, &self.n_consumers, sizeof(ConsumerRec))
+        cdef ConsumerRec* cr = &self.consumers[c]
+        cdef void* grown
+        pr = &self.producers[p]
+        cr.in_use = 1
+        cr.transport = t
+        cr.producer = p
+        cr.is_video = pr.is_video
+        cr.pt = payload_type
+        cr.ssrc = ssrc
+        cr.has_rtx = rtx_ssrc is not None and rtx_payload_type >= 0
+        cr.rtx_pt = rtx_payload_type
+        cr.rtx_ssrc = rtx_ssrc if cr.has_rtx else 0
+        cr.nack = nack
+        cr.id_mid, cr.id_abs, cr.id_level = mid, abs_send_time, audio_level
+        cr.mid_len = len(mid_value) if 0 < len(mid_value) <= 16 else 0
+        memcpy(cr.mid, <const char*>mid_value, cr.mid_len)
+        cr.first_seq = first_seq
+        cr.first_ts = first_ts
+        cr.rtx_seq = first_rtx_seq
+        cr.keyframe_asked = -1e9
+        if pr.is_video:
+            cr.queue = <uint16_t*>malloc(PACER_QUEUE * sizeof(uint16_t))
+            if cr.queue == NULL:
+                raise MemoryError()
+        if pr.n_consumers == pr.cap_consumers:
+            grown = realloc(pr.consumers, (pr.cap_consumers * 2 + 4) * sizeof(int32_t))
+            if grown == NULL:
+                raise MemoryError()
+            pr.consumers = <int32_t*>grown
+            pr.cap_consumers = pr.cap_consumers * 2 + 4
+        pr.consumers[pr.n_consumers] = c
+        pr.n_consumers += 1
+        _map_put(&self.consumer_map, _consumer_key(t, ssrc), c)
+        return c
+
+    def remove_consumer(self, int c):
+        cdef ConsumerRec* cr = self._consumer(c)
+        cdef ProducerRec* pr
+        cdef int i
+        if cr.producer >= 0:
+            pr = &self.producers[cr.producer]
+            for i in range(pr.n_consumers):
+                if pr.consumers[i] == c:
+                    pr.consumers[i] = pr.consumers[pr.n_consumers - 1]
+                    pr.n_consumers -= 1
+                    break
+        _map_del(&self.consumer_map, _consumer_key(cr.transport, cr.ssrc))
+        if cr.q_len:
+            self.paced_consumers -= 1
+        free(cr.queue)
+        cr.queue = NULL
+        cr.in_use = 0
+
+    def consumer_stats(self, int c) -> dict:
+        cdef ConsumerRec* cr = self._consumer(c)
+        return {"packets_sent": cr.packets_sent, "bytes_sent": cr.bytes_sent,
+                "nacks_served": cr.nacks_served, "started": bool(cr.started), "paced": cr.q_len}
+
+    def request_keyframe(self, int p):
+        """A viewer joined (or asked): one coalesced PLI to the publisher."""
+        self._keyframe_request(p, _now())
+        self._flush()
+
+    # --- stats --------------------------------------------------------------------------
+
+    def drop_counts(self) -> dict:
+        return {DROP_REASONS[i]: self.drops[i] for i in range(<int>D_COUNT) if self.drops[i]}
+
+    def count_drop(self, str reason):
+        self.drops[DROP_REASONS.index(reason)] += 1
+
+    def totals(self) -> dict:
+        return {
+            "packets_in": self.packets_in, "bytes_in": self.bytes_in,
+            "packets_out": self.packets_out, "bytes_out": self.bytes_out,
+            "nacks_received": self.nacks_received, "nacks_served": self.nacks_served,
+            "keyframe_requests_received": self.keyframe_requests_received,
+            "keyframe_requests_sent": self.pli_sent, "keyframe_requests_coalesced": self.pli_coalesced,
+        }
+
+    # --- I/O ----------------------------------------------------------------------------
+
+    def on_readable(self):
+        """Registered with ``loop.add_reader``: drain the socket in batches, forward, flush."""
+        cdef int n, i, batches = 0
+        cdef double now
+        while batches < MAX_BATCHES:
+            for i in range(IN_BATCH):
+                self.in_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+                self.in_msgs[i].msg_hdr.msg_flags = 0
+            n = recvmmsg(self.fd, self.in_msgs, IN_BATCH, MSG_DONTWAIT, NULL)
+            if n <= 0:
+                break
+            now = _now()
+            for i in range(n):
+                self._datagram(self.in_buf + i * SLOT, <int>self.in_msgs[i].msg_len, &self.in_addr[i], now)
+            self._flush()
+            batches += 1
+            if n < IN_BATCH:
+                break
+
+    def feed(self, const unsigned char[::1] data, str host, int port):
+        """Process one datagram as if it had arrived from (host, port): tests and benchmarks."""
+        cdef sockaddr_storage addr
+        cdef socklen_t addrlen
+        cdef int n = data.shape[0]
+        cdef uint8_t* buf
+        if n > SLOT:
+            n = SLOT
+        _sockaddr(host, port, &addr, &addrlen)
+        # An exactly sized copy, so a sanitizer build catches any read past the datagram.
+        buf = <uint8_t*>malloc(n if n else 1)
+        if buf == NULL:
+            raise MemoryError()
+        if n:
+            memcpy(buf, &data[0], n)
+        try:
+            self._datagram(buf, n, &addr, _now())
+        finally:
+            free(buf)
+        self._flush()
+
+    cdef void _datagram(self, uint8_t* buf, int n, sockaddr_storage* addr, double now) except *:
+        cdef int32_t t
+        cdef uint8_t first
+        cdef TransportRec* tr
+        if n <= 0:
+            self.drops[<int>D_EMPTY] += 1
+            return
+        first = buf[0]
+        if 128 <= first < 192:
+            t = _map_get(&self.addr_map, _addr_key(addr))
+            if t < 0:
+                self.drops[<int>D_UNKNOWN_ADDRESS] += 1
+                return
+            tr = &self.transports[t]
+            if not tr.ready:
+                self.drops[<int>D_SRTP_NOT_READY] += 1
+                return
+            if n >= 2 and 192 <= buf[1] <= 223:
+                self._on_rtcp(t, buf, n, now)
+            else:
+                self._on_rtp(t, buf, n, now)
+        elif first < 4 or 20 <= first < 64:
+            # STUN and DTLS: control, handled in Python.
+            self.slow_path(PyBytes_FromStringAndSize(<char*>buf, n), _py_addr(addr))
+        else:
+            self.drops[<int>D_UNKNOWN_PROTOCOL] += 1
+
+    # --- RTP ----------------------------------------------------------------------------
+
+    cdef void _on_rtp(self, int t, uint8_t* buf, int n, double now) except *:
+        cdef TransportRec* tr = &self.transports[t]
+        cdef Hdr h
+        cdef int r, p, i, is_rtx
+        cdef int32_t v
+        cdef ProducerRec* pr
+        cdef bint key
+        if n > MAX_RTP:
+            self.drops[<int>D_RTP_TOO_LARGE] += 1
+            return
+        if tr.srtp_rx != NULL:
+            if _srtp_unprotect(tr.srtp_rx, buf, &n) != 0:
+                self.drops[<int>D_SRTP_UNPROTECT] += 1
+                return
+        tr.last_seen = now
+        r = _parse(buf, n, tr.id_mid, tr.id_abs, tr.id_level, &h)
+        if r < 0:
+            self.drops[-1 - r] += 1
+            return
+        v = _map_get(&self.ssrc_map, _ssrc_key(t, h.ssrc))
+        if v < 0:
+            v = self._learn_ssrc(t, buf, &h)
+            if v < 0:
+                self.drops[<int>D_RTP_UNKNOWN_SSRC] += 1
+                return
+        p = v >> 1
+        is_rtx = v & 1
+        pr = &self.producers[p]
+        if is_rtx:
+            if h.payload_len <= 2:
+                if h.payload_len < 2:
+                    self.drops[<int>D_RTX_NO_OSN] += 1
+                else:
+                    self.drops[<int>D_RTP_PADDING_ONLY] += 1
+                return
+            # RFC 4588: the original sequence number leads the payload; rebuild in place.
+            buf[2] = buf[h.payload_off]
+            buf[3] = buf[h.payload_off + 1]
+            memmove(buf + h.payload_off, buf + h.payload_off + 2, h.payload_len - 2)
+            buf[0] &= 0xDF
+            buf[1] = (buf[1] & 0x80) | pr.pt
+            _put32(buf + 8, pr.ssrc)
+            h.payload_len -= 2
+            n = h.payload_off + h.payload_len
+            h.seq = _u16(buf + 2)
+            h.pt = pr.pt
+            h.ssrc = pr.ssrc
+        elif h.pt != pr.pt:
+            self.drops[<int>D_RTP_UNEXPECTED_PT] += 1
+            return
+        if h.payload_len == 0:
+            self.drops[<int>D_RTP_PADDING_ONLY] += 1
+            return
+        n = h.payload_off + h.payload_len  # padding is not forwarded
+        self.packets_in += 1
+        self.bytes_in += n
+        tr.packets_in += 1
+        tr.bytes_in += n
+        self._receive_stats(pr, &h, now, n)
+        if pr.ring != NULL:
+            i = h.seq % RING
+            memcpy(pr.ring + i * SLOT, buf, n)
+            pr.ring_len[i] = n
+            pr.ring_seq[i] = h.seq
+        key = pr.is_video and _keyframe(pr.codec, buf, h.payload_off, h.payload_off + h.payload_len)
+        for i in range(pr.n_consumers):
+            self._forward(pr.consumers[i], p, buf, &h, key, now, False)
+
+    cdef int32_t _learn_ssrc(self, int t, const uint8_t* buf, Hdr* h) except -2:
+        """Bind an unsignalled SSRC to the producer whose mid it carries (RFC 8843 §9.2)."""
+        cdef int p
+        cdef ProducerRec* pr
+        if h.mid_off < 0:
+            return -1
+        for p in range(self.n_producers):
+            pr = &self.producers[p]
+            if not pr.in_use or pr.transport != t or pr.mid_len != h.mid_len:
+                continue
+            if memcmp(pr.mid, buf + h.mid_off, h.mid_len) != 0:
+                continue
+            if h.pt == pr.pt and not pr.has_ssrc:
+                self._bind_ssrc(p, h.ssrc, False)
+                return p << 1
+            if h.pt == pr.rtx_pt and not pr.has_rtx_ssrc and pr.has_ssrc:
+                self._bind_ssrc(p, h.ssrc, True)
+                return (p << 1) | 1
+            return -1
+        return -1
+
+    cdef void _receive_stats(self, ProducerRec* pr, Hdr* h, double now, int n) noexcept nogil:
+        cdef uint32_t delta
+        cdef double transit, d
+        if not pr.started:
+            pr.started = 1
+            pr.base_seq = pr.max_seq = h.seq
+        else:
+            delta = (h.seq - pr.max_seq) & 0xFFFF
+            if 0 < delta < 0x8000:
+                if h.seq < pr.max_seq:
+                    pr.cycles += 0x10000
+                pr.max_seq = h.seq
+        pr.received += 1
+        pr.bytes += n
+        transit = now * pr.clock_rate - h.ts
+        if pr.has_transit:
+            d = transit - pr.last_transit
+            if d < 0:
+                d = -d
+            if d < pr.clock_rate * 10.0:
+                pr.jitter += (d - pr.jitter) / 16.0
+        pr.last_transit = transit
+        pr.has_transit = 1
+
+    cdef void _forward(self, int c, int p, const uint8_t* buf, Hdr* h, bint key, double now,
+                       bint from_queue) except *:
+        """One packet to one consumer: start on a keyframe, pace, rewrite, protect, queue."""
+        cdef ConsumerRec* cr = &self.consumers[c]
+        cdef TransportRec* tr = &self.transports[cr.transport]
+        cdef uint8_t* out
+        cdef int n
+        if not tr.has_addr or not tr.ready:
+            return
+        if not cr.started:
+            if cr.is_video and not key:
+                self.drops[<int>D_WAITING_KEYFRAME] += 1
+                if now - cr.keyframe_asked > 1.0:
+                    cr.keyframe_asked = now
+                    self._keyframe_request(p, now)
+                return
+            cr.started = 1
+            cr.seq_offset = (cr.first_seq - h.seq) & 0xFFFF
+            cr.ts_offset = cr.first_ts - h.ts
+        if self.pacer_enabled and cr.is_video and not from_queue:
+            self._refill(tr, now)
+            if cr.q_len or tr.tokens <= 0:
+                self._enqueue(cr, <uint16_t>h.seq)
+                return
+        out = self._out_slot()
+        n = self._rewrite(cr, buf, h, out, (h.seq + cr.seq_offset) & 0xFFFF)
+        cr.packets_sent += 1
+        cr.bytes_sent += h.payload_len
+        tr.tokens -= n
+        self._emit(cr.transport, n, False)
+
+    cdef int _rewrite(self, ConsumerRec* cr, const uint8_t* buf, Hdr* h, uint8_t* o, uint32_t seq) noexcept nogil:
+        """The viewer's copy: its SSRC, seq, ts, PT; extensions in its ids; no padding."""
+        cdef int elen = 0, pos
+        cdef uint8_t* ext = o + 12 + 4 * h.cc + 4
+        if cr.id_mid and cr.mid_len:
+            ext[0] = (cr.id_mid << 4) | (cr.mid_len - 1)
+            memcpy(ext + 1, cr.mid, cr.mid_len)
+            elen = 1 + cr.mid_len
+        if cr.id_abs and h.abs_off >= 0:
+            ext[elen] = (cr.id_abs << 4) | 2
+            memcpy(ext + elen + 1, buf + h.abs_off, 3)
+            elen += 4
+        if cr.id_level and h.level_off >= 0:
+            ext[elen] = cr.id_level << 4
+            ext[elen + 1] = buf[h.level_off]
+            elen += 2
+        while elen % 4:
+            ext[elen] = 0
+            elen += 1
+        o[0] = 0x80 | h.cc | (0x10 if elen else 0)
+        o[1] = (h.marker << 7) | cr.pt
+        _put16(o + 2, seq)
+        _put32(o + 4, h.ts + cr.ts_offset)
+        _put32(o + 8, cr.ssrc)
+        pos = 12
+        if h.cc:
+            memcpy(o + 12, buf + 12, 4 * h.cc)
+            pos += 4 * h.cc
+        if elen:
+            _put16(o + pos, 0xBEDE)
+            _put16(o + pos + 2, elen // 4)
+            pos += 4 + elen
+        memcpy(o + pos, buf + h.payload_off, h.payload_len)
+        return pos + h.payload_len
+
+    # --- egress -------------------------------------------------------------------------
+
+    cdef uint8_t* _out_slot(self) except NULL:
+        if self.n_out == OUT_BATCH:
+            self._flush()
+        return self.out_buf + self.n_out * SLOT
+
+    cdef void _emit(self, int t, int n, bint rtcp) except *:
+        """Protect the packet in the current out slot and queue it to transport t."""
+        cdef TransportRec* tr = &self.transports[t]
+        cdef uint8_t* out = self.out_buf + self.n_out * SLOT
+        cdef int status
+        if tr.srtp_tx != NULL:
+            status = _srtp_protect_rtcp(tr.srtp_tx, out, &n) if rtcp else _srtp_protect(tr.srtp_tx, out, &n)
+            if status != 0:
+                self.drops[<int>D_SRTP_PROTECT] += 1
+                return
+        self.out_iov[self.n_out].iov_len = n
+        memcpy(&self.out_addr[self.n_out], &tr.addr, tr.addrlen)
+        self.out_msgs[self.n_out].msg_hdr.msg_namelen = tr.addrlen
+        self.n_out += 1
+        tr.packets_out += 1
+        tr.bytes_out += n
+        if not rtcp:
+            self.packets_out += 1
+            self.bytes_out += n
+
+    cdef void _flush(self) noexcept:
+        cdef int sent, start = 0
+        while start < self.n_out:
+            sent = sendmmsg(self.fd, self.out_msgs + start, self.n_out - start, MSG_DONTWAIT)
+            if sent < 0:
+                if errno == EINTR:
+                    continue
+                # Full socket buffer or an unreachable peer: drop the rest of this batch
+                # (its first datagram is the one the kernel refused).
+                self.drops[<int>D_SEND_FAILED] += 1
+                start += 1
+                continue
+            start += sent
+        self.n_out = 0
+
+    # --- pacing -------------------------------------------------------------------------
+
+    cdef inline void _refill(self, TransportRec* tr, double now) noexcept nogil:
+        tr.tokens += (now - tr.tokens_at) * self.pacer_rate_bytes_s
+        if tr.tokens > self.pacer_burst_bytes:
+            tr.tokens = self.pacer_burst_bytes
+        tr.tokens_at = now
+
+    cdef void _enqueue(self, ConsumerRec* cr, uint16_t seq) noexcept nogil:
+        if cr.q_len == PACER_QUEUE:
+            # Hopelessly behind: lose the oldest rather than grow without bound.
+            cr.q_head = (cr.q_head + 1) % PACER_QUEUE
+            cr.q_len -= 1
+            self.drops[<int>D_PACER_QUEUE_FULL] += 1
+        if cr.q_len == 0:
+            self.paced_consumers += 1
+        cr.queue[(cr.q_head + cr.q_len) % PACER_QUEUE] = seq
+        cr.q_len += 1
+
+    cdef void _drain(self, int c, double now) except *:
+        cdef ConsumerRec* cr = &self.consumers[c]
+        cdef TransportRec* tr = &self.transports[cr.transport]
+        cdef ProducerRec* pr
+        cdef uint16_t seq
+        cdef int i
+        cdef Hdr h
+        self._refill(tr, now)
+        while cr.q_len and tr.tokens > 0:
+            seq = cr.queue[cr.q_head]
+            cr.q_head = (cr.q_head + 1) % PACER_QUEUE
+            cr.q_len -= 1
+            if cr.q_len == 0:
+                self.paced_consumers -= 1
+            if cr.producer < 0:
+                continue
+            pr = &self.producers[cr.producer]
+            i = seq % RING
+            if pr.ring_seq[i] != seq or _parse(pr.ring + i * SLOT, pr.ring_len[i], self.transports[pr.transport].id_mid,
+                                               self.transports[pr.transport].id_abs,
+                                               self.transports[pr.transport].id_level, &h) < 0:
+                self.drops[<int>D_PACER_EXPIRED] += 1
+                continue
+            self._forward(c, cr.producer, pr.ring + i * SLOT, &h, False, now, True)
+
+    def tick(self) -> float:
+        """Timer work: paced packets and coalesced keyframe requests. Returns the delay
+        (seconds) after which it wants to run again."""
+        cdef double now = _now()
+        cdef int i
+        cdef double wait = 0.05
+        cdef ProducerRec* pr
+        if self.paced_consumers:
+            for i in range(self.n_consumers):
+                if self.consumers[i].in_use and self.consumers[i].q_len:
+                    self._drain(i, now)
+        for i in range(self.n_producers):
+            pr = &self.producers[i]
+            if pr.in_use and pr.pli_pending:
+                if now - pr.last_pli >= self.keyframe_min_interval_s:
+                    self._send_pli(i, now)
+                else:
+                    wait = min(wait, pr.last_pli + self.keyframe_min_interval_s - now)
+        self._flush()
+        if self.paced_consumers:
+            wait = min(wait, 0.005)
+        return max(wait, 0.001)
+
+    # --- RTCP ---------------------------------------------------------------------------
+
+    cdef void _on_rtcp(self, int t, uint8_t* buf, int n, double now) except *:
+        cdef TransportRec* tr = &self.transports[t]
+        cdef int pos = 0, length, pt, fmt, end, i
+        cdef uint32_t sender, media
+        if tr.srtp_rx != NULL:
+            if _srtp_unprotect_rtcp(tr.srtp_rx, buf, &n) != 0:
+                self.drops[<int>D_SRTCP_UNPROTECT] += 1
+                return
+        tr.last_seen = now
+        self.rtcp_in += 1
+        while pos + 4 <= n:
+            if buf[pos] >> 6 != 2:
+                self.drops[<int>D_RTCP_MALFORMED] += 1
+                return
+            fmt = buf[pos] & 0x1F
+            pt = buf[pos + 1]
+            length = 4 * (<int>_u16(buf + pos + 2) + 1)
+            end = pos + length
+            if end > n or length < 8:
+                self.drops[<int>D_RTCP_MALFORMED] += 1
+                return
+            sender = _u32(buf + pos + 4)
+            if pt == 200 and length >= 28:
+                self._on_sender_report(t, sender, buf + pos + 8, now)
+            elif pt == 205 and fmt == 1 and length >= 12:
+                media = _u32(buf + pos + 8)
+                i = pos + 12
+                while i + 4 <= end:
+                    self._on_nack(t, media, _u16(buf + i), _u16(buf + i + 2), now)
+                    i += 4
+            elif pt == 206 and length >= 12:
+                media = _u32(buf + pos + 8)
+                if fmt == 1:
+                    self._on_keyframe_request(t, media, now)
+                elif fmt == 4:
+                    i = pos + 12
+                    while i + 8 <= end:
+                        self._on_keyframe_request(t, _u32(buf + i), now)
+                        i += 8
+                elif fmt == 15 and length >= 20 and memcmp(buf + pos + 12, b"REMB", 4) == 0:
+                    # bitrate = mantissa (18 bits) << exponent (6 bits)
+                    tr.remb_bps = <uint32_t>min(
+                        <uint64_t>(((buf[pos + 17] & 0x03) << 16) | (buf[pos + 18] << 8) | buf[pos + 19])
+                        << (buf[pos + 17] >> 2), <uint64_t>0xFFFFFFFF)
+            pos = end
+        if pos != n:
+            self.drops[<int>D_RTCP_MALFORMED] += 1
+
+    cdef void _on_sender_report(self, int t, uint32_t ssrc, const uint8_t* info, double now) except *:
+        """Keep LSR for our RR; send each consumer an SR in its own numbering (lip-sync)."""
+        cdef int32_t v = _map_get(&self.ssrc_map, _ssrc_key(t, ssrc))
+        cdef ProducerRec* pr
+        cdef ConsumerRec* cr
+        cdef TransportRec* ct
+        cdef uint8_t* o
+        cdef int i
+        if v < 0 or v & 1:
+            return
+        pr = &self.producers[v >> 1]
+        pr.lsr = (_u32(info) << 16) | (_u32(info + 4) >> 16)
+        pr.lsr_at = now
+        for i in range(pr.n_consumers):
+            cr = &self.consumers[pr.consumers[i]]
+            ct = &self.transports[cr.transport]
+            if not cr.started or not ct.has_addr or not ct.ready:
+                continue
+            o = self._out_slot()
+            o[0] = 0x80
+            o[1] = 200
+            _put16(o + 2, 6)
+            _put32(o + 4, cr.ssrc)
+            memcpy(o + 8, info, 8)                        # NTP time
+            _put32(o + 16, _u32(info + 8) + cr.ts_offset)  # RTP time in our base
+            _put32(o + 20, <uint32_t>cr.packets_sent)
+            _put32(o + 24, <uint32_t>cr.bytes_sent)
+            self._emit(cr.transport, 28, True)
+
+    cdef void _on_nack(self, int t, uint32_t media, uint16_t pid, uint16_t blp, double now) except *:
+        cdef int32_t c = _map_get(&self.consumer_map, _consumer_key(t, media))
+        cdef int b
+        if c < 0:
+            return
+        self.nacks_received += 1
+        self._retransmit(c, pid, now)
+        for b in range(16):
+            if blp & (1 << b):
+                self._retransmit(c, (pid + b + 1) & 0xFFFF, now)
+
+    cdef void _retransmit(self, int c, uint16_t seq, double now) except *:
+        """From the producer's history, as RTX when negotiated (RFC 4588)."""
+        cdef ConsumerRec* cr = &self.consumers[c]
+        cdef ProducerRec* pr
+        cdef TransportRec* pt
+        cdef uint16_t src = (seq - cr.seq_offset) & 0xFFFF
+        cdef int i, n, off
+        cdef Hdr h
+        cdef uint8_t* o
+        if cr.producer < 0 or not cr.started or not cr.nack:
+            return
+        pr = &self.producers[cr.producer]
+        if pr.ring == NULL:
+            return
+        i = src % RING
+        pt = &self.transports[pr.transport]
+        if pr.ring_seq[i] != src or _parse(pr.ring + i * SLOT, pr.ring_len[i], pt.id_mid, pt.id_abs, pt.id_level, &h) < 0:
+            self.drops[<int>D_NACK_NOT_IN_BUFFER] += 1
+            return
+        o = self._out_slot()
+        if cr.has_rtx:
+            n = self._rewrite(cr, pr.ring + i * SLOT, &h, self.scratch, seq)
+            off = n - h.payload_len
+            memcpy(o, self.scratch, off)
+            o[1] = (o[1] & 0x80) | cr.rtx_pt
+            _put16(o + 2, cr.rtx_seq)
+            _put32(o + 8, cr.rtx_ssrc)
+            cr.rtx_seq += 1
+            _put16(o + off, seq)
+            memcpy(o + off + 2, self.scratch + off, h.payload_len)
+            n += 2
+        else:
+            n = self._rewrite(cr, pr.ring + i * SLOT, &h, o, seq)
+        cr.nacks_served += 1
+        self.nacks_served += 1
+        self._emit(cr.transport, n, False)
+
+    cdef void _on_keyframe_request(self, int t, uint32_t media, double now) except *:
+        cdef int32_t c = _map_get(&self.consumer_map, _consumer_key(t, media))
+        if c < 0 or self.consumers[c].producer < 0:
+            return
+        self.keyframe_requests_received += 1
+        self._keyframe_request(self.consumers[c].producer, now)
+
+    cdef void _keyframe_request(self, int p, double now) except *:
+        """At most one PLI per interval; requests inside it ride on one sent at its end."""
+        cdef ProducerRec* pr = &self.producers[p]
+        if not pr.is_video:
+            return
+        if pr.pli_pending or now - pr.last_pli < self.keyframe_min_interval_s:
+            pr.pli_pending = 1
+            pr.pli_coalesced += 1
+            self.pli_coalesced += 1
+            return
+        self._send_pli(p, now)
+
+    cdef void _send_pli(self, int p, double now) except *:
+        cdef ProducerRec* pr = &self.producers[p]
+        cdef TransportRec* tr = &self.transports[pr.transport]
+        cdef uint8_t* o
+        pr.pli_pending = 0
+        if not pr.has_ssrc or not tr.has_addr or not tr.ready:
+            return
+        pr.last_pli = now
+        pr.pli_sent += 1
+        self.pli_sent += 1
+        o = self._out_slot()
+        o[0] = 0x81
+        o[1] = 206
+        _put16(o + 2, 2)
+        _put32(o + 4, tr.rtcp_ssrc)
+        _put32(o + 8, pr.ssrc)
+        self._emit(pr.transport, 12, True)
+
+    def send_receiver_reports(self, int t, uint32_t remb_bps=0):
+        """RR for each producer stream of transport t (RFC 3550 §6.4.2), plus a REMB."""
+        cdef TransportRec* tr = self._transport(t)
+        cdef ProducerRec* pr
+        cdef uint8_t* o
+        cdef int i, count = 0, pos = 8, remb_at, nv = 0, exp = 0
+        cdef int64_t expected, lost, expected_interval, received_interval, lost_interval
+        cdef uint32_t fraction, dlsr, mantissa
+        cdef double now = _now()
+        if not tr.has_addr or not tr.ready:
+            return
+        o = self._out_slot()
+        for i in range(self.n_producers):
+            pr = &self.producers[i]
+            if not pr.in_use or pr.transport != t or not pr.started or count == 31:
+                continue
+            expected = <int64_t>(pr.cycles + pr.max_seq) - pr.base_seq + 1
+            lost = expected - pr.received
+            expected_interval = expected - pr.expected_prior
+            received_interval = <int64_t>pr.received - pr.received_prior
+            pr.expected_prior = <uint32_t>expected
+            pr.received_prior = pr.received
+            lost_interval = expected_interval - received_interval
+            fraction = 0 if expected_interval <= 0 or lost_interval <= 0 else <uint32_t>((lost_interval << 8) // expected_interval)
+            if fraction > 255:
+                fraction = 255
+            lost = max(0, min(lost, 0x7FFFFF))
+            dlsr = <uint32_t>((now - pr.lsr_at) * 65536) if pr.lsr_at else 0
+            _put32(o + pos, pr.ssrc)
+            _put32(o + pos + 4, (fraction << 24) | <uint32_t>lost)
+            _put32(o + pos + 8, (pr.cycles + pr.max_seq) & 0xFFFFFFFF)
+            _put32(o + pos + 12, <uint32_t>pr.jitter)
+            _put32(o + pos + 16, pr.lsr)
+            _put32(o + pos + 20, dlsr)
+            pos += 24
+            count += 1
+        if count == 0:
+            return
+        o[0] = 0x80 | count
+        o[1] = 201
+        _put16(o + 2, pos // 4 - 1)
+        _put32(o + 4, tr.rtcp_ssrc)
+        if remb_bps:
+            remb_at = pos
+            pos += 20
+            for i in range(self.n_producers):
+                pr = &self.producers[i]
+                if pr.in_use and pr.transport == t and pr.is_video and pr.has_ssrc and nv < 8:
+                    _put32(o + pos, pr.ssrc)
+                    pos += 4
+                    nv += 1
+            if nv == 0:
+                pos = remb_at
+            else:
+                mantissa = remb_bps
+                while mantissa >= (1 << 18):
+                    mantissa >>= 1
+                    exp += 1
+                o[remb_at] = 0x8F
+                o[remb_at + 1] = 206
+                _put16(o + remb_at + 2, (pos - remb_at) // 4 - 1)
+                _put32(o + remb_at + 4, tr.rtcp_ssrc)
+                _put32(o + remb_at + 8, 0)
+                memcpy(o + remb_at + 12, b"REMB", 4)
+                o[remb_at + 16] = nv
+                o[remb_at + 17] = (exp << 2) | ((mantissa >> 16) & 0x03)
+                _put16(o + remb_at + 18, mantissa & 0xFFFF)
+        self._emit(t, pos, True)
+        self._flush()
+
+    def send_rtcp(self, int t, const unsigned char[::1] packet):
+        """An RTCP packet built in Python (BYE, ...), protected and sent on transport t."""
+        cdef TransportRec* tr = self._transport(t)
+        cdef uint8_t* o
+        cdef int n = packet.shape[0]
+        if not tr.has_addr or not tr.ready or n < 8 or n > MAX_RTP:
+            return
+        o = self._out_slot()
+        memcpy(o, &packet[0], n)
+        self._emit(t, n, True)
+        self._flush()

@@ -1,36 +1,47 @@
-"""Shard: one UDP port, demultiplexed (RFC 7983) to the transports of all its peers."""
+"""Shard: one UDP port for all its peers; the engine forwards, Python keeps control.
+
+Datagrams reach the fast-path engine first (``add_reader`` → ``recvmmsg``). It
+forwards media itself and hands STUN and DTLS up here, where ICE-lite checks
+and DTLS handshakes run, then installs each peer's address and SRTP keys back
+into the engine.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections import Counter
 from typing import Any
 
 import structlog
 
-from .. import control
+from .. import control, fastpath
 from .consumer import Consumer
 from .dtls import DtlsCertificate
 from .producer import Producer
 from .stun import StunError, binding_success, parse_binding_request
-from .webrtc_transport import WebRtcTransport, ext_ids
+from .webrtc_transport import WebRtcTransport
 
 log = structlog.get_logger("sfu.shard")
+SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
+RTCP_REPORT_INTERVAL_S = 1.0
 
 
-class Shard(asyncio.DatagramProtocol):
+class Shard:
     def __init__(
         self,
         shard_id: int,
         *,
         consent_timeout_s: float = 30.0,
         keyframe_min_interval_ms: int = 500,
+        pacer: bool = True,
+        pacer_rate_kbps: int = 25_000,
+        pacer_burst_bytes: int = 48_000,
     ) -> None:
         self.id = shard_id
         self.loop = asyncio.get_running_loop()
         self.consent_timeout_s = consent_timeout_s
-        self.keyframe_min_interval_s = keyframe_min_interval_ms / 1000
         self.certificate = DtlsCertificate.generate()
         self.dtls_context = self.certificate.context()
         self.transports: dict[str, WebRtcTransport] = {}
@@ -38,54 +49,58 @@ class Shard(asyncio.DatagramProtocol):
         self.by_addr: dict[tuple[str, int], WebRtcTransport] = {}
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
-        self.drops: Counter[str] = Counter()
-        self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
-        self.nacks_received = 0
-        self.keyframe_requests_received = 0
-        self.udp: asyncio.DatagramTransport | None = None
+        self.drops: Counter[str] = Counter()  # drops decided in Python (STUN, DTLS)
+        self.sock: socket.socket | None = None
+        self.engine: Any = None
+        self._engine_options = dict(
+            keyframe_min_interval_s=keyframe_min_interval_ms / 1000, pacer_enabled=pacer,
+            pacer_rate_bps=pacer_rate_kbps * 1000, pacer_burst_bytes=pacer_burst_bytes,
+        )
         self.channel: control.Channel | None = None
         self._tick_task: asyncio.Task[None] | None = None
+        self._engine_timer: asyncio.TimerHandle | None = None
         self.log = log.bind(shard=shard_id)
 
     # --- UDP ---------------------------------------------------------------------------
 
     async def listen(self, host: str, port: int) -> int:
-        self.udp, _ = await self.loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        self.engine = fastpath.Engine(sock.fileno(), self._on_slow_path, **self._engine_options)
+        self.loop.add_reader(sock.fileno(), self.engine.on_readable)
+        self._engine_timer = self.loop.call_later(0.02, self._engine_tick)
         self._tick_task = self.loop.create_task(self._tick())
-        return self.udp.get_extra_info("sockname")[1]
+        return sock.getsockname()[1]
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.udp is not None:
-            self.udp.sendto(data, addr)
+        """STUN and DTLS replies; media leaves through the engine."""
+        if self.sock is not None:
+            try:
+                self.sock.sendto(data, addr)
+            except OSError:
+                self.drops["send_failed"] += 1
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP unreachable from a peer that went away: consent expiry closes it.
-        self.drops["udp_error"] += 1
+    def _engine_tick(self) -> None:
+        self._engine_timer = self.loop.call_later(self.engine.tick(), self._engine_tick)
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        addr = (addr[0], addr[1])
-        if not data:
-            self.drops["empty_datagram"] += 1
-            return
-        first = data[0]
-        if first < 4:
+    def _on_slow_path(self, data: bytes, addr: tuple[str, int]) -> None:
+        if data[0] < 4:
             self._on_stun(data, addr)
             return
         transport = self.by_addr.get(addr)
         if transport is None:
             self.drops["unknown_address"] += 1
             return
-        if 20 <= first < 64:
-            transport.on_dtls(data)
-        elif 128 <= first < 192:
-            if transport.srtp is None:
-                self.drops["srtp_not_ready"] += 1
-            elif len(data) >= 2 and 192 <= data[1] <= 223:
-                transport.on_rtcp(data, self.loop.time())
-            else:
-                transport.on_rtp(data, self.loop.time())
-        else:
-            self.drops["unknown_protocol"] += 1
+        transport.on_dtls(data)
 
     def _on_stun(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -107,28 +122,24 @@ class Shard(asyncio.DatagramProtocol):
     def bind_address(self, addr: tuple[str, int], transport: WebRtcTransport) -> None:
         old = self.by_addr.get(addr)
         if old is not None and old is not transport:
-            # A peer reusing an address another transport had: newest wins.
-            old.addr = None
+            old.addr = None  # a peer reusing an address another transport had: newest wins
         self.by_addr[addr] = transport
 
     def unbind_address(self, addr: tuple[str, int], transport: WebRtcTransport) -> None:
         if self.by_addr.get(addr) is transport:
             del self.by_addr[addr]
 
-    def count_drop(self, reason: str) -> None:
-        self.drops[reason] += 1
-
     # --- periodic work -----------------------------------------------------------------
 
     async def _tick(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(RTCP_REPORT_INTERVAL_S)
             now = self.loop.time()
             for transport in list(self.transports.values()):
                 if now - transport.last_seen > self.consent_timeout_s:
                     self.close_transport(transport, "consent expired")
-                elif transport.srtp is not None:
-                    transport.send_receiver_reports(now)
+                else:
+                    transport.send_receiver_reports()
 
     # --- control -----------------------------------------------------------------------
 
@@ -144,12 +155,8 @@ class Shard(asyncio.DatagramProtocol):
         self.by_ufrag.pop(transport.local_ufrag, None)
         if transport.addr is not None:
             self.unbind_address(transport.addr, transport)
-        for producer in transport.producer_list:
+        for producer in transport.producers:
             self.producers.pop(producer.id, None)
-            for consumer in producer.consumers:
-                self.consumers.pop(consumer.id, None)
-        for consumer in list(transport.consumers.values()):
-            self.consumers.pop(consumer.id, None)
         transport.close()
         self.log.info("transport closed", transport=transport.id, room=transport.room,
                       peer=transport.peer_id, reason=reason)
@@ -184,7 +191,6 @@ class Shard(asyncio.DatagramProtocol):
                 body.producer_id, transport, kind=body.kind, codec=body.codec, mid=body.mid,
                 payload_type=body.payload_type, clock_rate=body.clock_rate,
                 rtx_payload_type=body.rtx_payload_type, ssrc=body.ssrc, rtx_ssrc=body.rtx_ssrc,
-                keyframe_min_interval_s=self.keyframe_min_interval_s,
             )
             transport.add_producer(producer, body.extensions)
             self.producers[producer.id] = producer
@@ -197,10 +203,9 @@ class Shard(asyncio.DatagramProtocol):
             consumer = Consumer(
                 body.consumer_id, transport, producer, mid=body.mid, payload_type=body.payload_type,
                 ssrc=body.ssrc, rtx_payload_type=body.rtx_payload_type, rtx_ssrc=body.rtx_ssrc,
-                ext_ids=ext_ids(body.extensions), nack=body.nack,
+                extensions=body.extensions, nack=body.nack,
             )
-            transport.consumers[consumer.ssrc] = consumer
-            producer.consumers.append(consumer)
+            transport.consumers[consumer.id] = consumer
             self.consumers[consumer.id] = consumer
             if transport.srtp is not None:
                 consumer.request_keyframe()
@@ -228,24 +233,18 @@ class Shard(asyncio.DatagramProtocol):
         return transport
 
     def stats(self) -> dict[str, Any]:
-        producers = list(self.producers.values())
+        drops = Counter(self.engine.drop_counts())
+        drops.update(self.drops)
         return {
             "shard": self.id,
             "pid": os.getpid(),
+            "fastpath": fastpath.IMPLEMENTATION,
             "transports": len(self.transports),
-            "producers": len(producers),
+            "producers": len(self.producers),
             "consumers": len(self.consumers),
-            "packets_in": self.packets_in,
-            "bytes_in": self.bytes_in,
-            "packets_out": self.packets_out,
-            "bytes_out": self.bytes_out,
-            "drops": dict(self.drops),
-            "nacks_received": self.nacks_received,
-            "nacks_served": sum(c.nacks_served for c in self.consumers.values()),
-            "keyframe_requests_received": self.keyframe_requests_received,
-            "keyframe_requests_sent": sum(p.keyframe_requests_sent for p in producers),
-            "keyframe_requests_coalesced": sum(p.keyframe_requests_coalesced for p in producers),
-            "jitter_seconds": {p.id: p.stats.jitter / p.clock_rate for p in producers if p.clock_rate},
+            **self.engine.totals(),
+            "drops": dict(drops),
+            "jitter_seconds": {p.id: p.stats()["jitter_seconds"] for p in self.producers.values()},
         }
 
     def close(self) -> None:
@@ -253,5 +252,9 @@ class Shard(asyncio.DatagramProtocol):
             self.close_transport(transport, "shard shutting down")
         if self._tick_task is not None:
             self._tick_task.cancel()
-        if self.udp is not None:
-            self.udp.close()
+        if self._engine_timer is not None:
+            self._engine_timer.cancel()
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None

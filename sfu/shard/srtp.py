@@ -17,7 +17,11 @@ REPLAY_WINDOW = 1024
 
 
 class SrtpSession:
-    """The pair of libsrtp sessions of one transport: inbound (peer's key), outbound (ours)."""
+    """The pair of libsrtp sessions of one transport: inbound (peer's key), outbound (ours).
+
+    The engine calls libsrtp on their contexts directly; the Python methods serve
+    tests and test peers.
+    """
 
     def __init__(self, keys: SrtpKeys) -> None:
         profile = _LIBSRTP_PROFILE[keys.profile.name]
@@ -28,10 +32,9 @@ class SrtpSession:
         tx.allow_repeat_tx = True
         tx.window_size = REPLAY_WINDOW
         self.profile = keys.profile.name
-        self._rx = Session(rx)
-        self._tx = Session(tx)
-        # Bound methods, looked up once: these run per packet.
-        self.protect = self._tx.protect
-        self.protect_rtcp = self._tx.protect_rtcp
-        self.unprotect = self._rx.unprotect
-        self.unprotect_rtcp = self._rx.unprotect_rtcp
+        self.rx = Session(rx)
+        self.tx = Session(tx)
+        self.protect = self.tx.protect
+        self.protect_rtcp = self.tx.protect_rtcp
+        self.unprotect = self.rx.unprotect
+        self.unprotect_rtcp = self.rx.unprotect_rtcp
