@@ -40,6 +40,10 @@ class Config:
     keyframe_min_interval_ms: int = 500
     max_sdp_bytes: int = 32768
     shutdown_timeout_s: float = 2.0
+    # Egress pacer per viewer: spreads keyframe bursts larger than the burst allowance.
+    pacer: bool = True
+    pacer_rate_kbps: int = 25_000
+    pacer_burst_bytes: int = 48_000
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Config))
@@ -197,6 +201,10 @@ def _check_ranges(config: Config, origin: dict[str, str]) -> None:
         fail("max_sdp_bytes", "must be positive")
     if config.shutdown_timeout_s < 0:
         fail("shutdown_timeout_s", "must not be negative")
+    if config.pacer_rate_kbps <= 0:
+        fail("pacer_rate_kbps", "must be positive")
+    if config.pacer_burst_bytes < 1500:
+        fail("pacer_burst_bytes", "must be at least one packet (1500)")
 
 
 def _check_consistency(config: Config, origin: dict[str, str]) -> None:

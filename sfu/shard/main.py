@@ -21,7 +21,9 @@ from .shard import Shard
 async def run(args: argparse.Namespace) -> None:
     log = get_logger("sfu.shard", shard=args.shard_id)
     shard = Shard(args.shard_id, consent_timeout_s=args.consent_timeout_s,
-                  keyframe_min_interval_ms=args.keyframe_min_interval_ms)
+                  keyframe_min_interval_ms=args.keyframe_min_interval_ms,
+                  pacer=args.pacer == "on", pacer_rate_kbps=args.pacer_rate_kbps,
+                  pacer_burst_bytes=args.pacer_burst_bytes)
     port = await shard.listen(args.rtc_host, args.rtc_port)
     reader, writer = await asyncio.open_unix_connection(args.control_path)
     channel = control.Channel(reader, writer, shard)
@@ -48,6 +50,9 @@ def main() -> None:
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--consent-timeout-s", type=float, default=30.0)
     parser.add_argument("--keyframe-min-interval-ms", type=int, default=500)
+    parser.add_argument("--pacer", choices=("on", "off"), default="on")
+    parser.add_argument("--pacer-rate-kbps", type=int, default=25_000)
+    parser.add_argument("--pacer-burst-bytes", type=int, default=48_000)
     args = parser.parse_args()
     configure_logging(args.log_level)
     uvloop.run(run(args))

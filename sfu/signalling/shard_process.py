@@ -44,6 +44,9 @@ class ShardProcess:
             "--log-level", self.config.log_level,
             "--consent-timeout-s", str(self.config.consent_timeout_s),
             "--keyframe-min-interval-ms", str(self.config.keyframe_min_interval_ms),
+            "--pacer", "on" if self.config.pacer else "off",
+            "--pacer-rate-kbps", str(self.config.pacer_rate_kbps),
+            "--pacer-burst-bytes", str(self.config.pacer_burst_bytes),
         )
         wait_exit = loop.create_task(self.process.wait())
         done, _ = await asyncio.wait([self._hello, wait_exit], timeout=HELLO_TIMEOUT_S,
