@@ -621,6 +621,7 @@ cdef struct TransportRec:
     uint32_t rtcp_ssrc
     uint64_t packets_in
     uint64_t bytes_in
+    uint64_t rtcp_in
     uint64_t packets_out
     uint64_t bytes_out
     uint32_t remb_bps
@@ -948,6 +949,11 @@ cdef class Engine:
     def touch_transport(self, int t):
         """A valid STUN check or DTLS record counts as a sign of life too."""
         self._transport(t).last_seen = _now()
+
+    def transport_received(self, int t) -> int:
+        """Authenticated RTP and RTCP packets received from the peer."""
+        cdef TransportRec* tr = self._transport(t)
+        return tr.packets_in + tr.rtcp_in
 
     def transport_remb_bps(self, int t) -> int:
         return self._transport(t).remb_bps
@@ -1502,6 +1508,7 @@ cdef class Engine:
                 self.drops[<int>D_SRTCP_UNPROTECT] += 1
                 return
         tr.last_seen = now
+        tr.rtcp_in += 1
         self.rtcp_in += 1
         while pos + 4 <= n:
             if buf[pos] >> 6 != 2:

@@ -70,6 +70,8 @@ class DtlsCertificate:
         ctx = SSL.Context(SSL.DTLS_METHOD)
         ctx.set_max_proto_version(DTLS1_2_VERSION)
         ctx.set_options(SSL.OP_NO_TICKET)
+        # An established association holds no record buffers: tens of KiB per peer.
+        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
         # Peers present self-signed certificates: trust comes from the SDP
         # fingerprint, checked after the handshake, not from a CA chain.
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *args: True)
@@ -110,7 +112,7 @@ class DtlsEndpoint:
         self.state = "new"
         self.srtp_keys: SrtpKeys | None = None
         self.error: str | None = None
-        self._ssl = SSL.Connection(context or certificate.context(), None)
+        self._ssl: SSL.Connection | None = SSL.Connection(context or certificate.context(), None)
         if role == "server":
             self._ssl.set_accept_state()
         else:
@@ -126,6 +128,12 @@ class DtlsEndpoint:
 
     def receive(self, data: bytes) -> list[bytes]:
         if self.state in ("failed", "closed") or not data:
+            return []
+        if self._ssl is None:
+            # Released after the handshake: an alert record (content type 21, plain
+            # in the DTLS 1.2 record header) can only be the peer closing.
+            if data[0] == 21:
+                self.state = "closed"
             return []
         if self.state == "new":
             self.state = "connecting"
@@ -147,6 +155,16 @@ class DtlsEndpoint:
             pass
         return self._flush()
 
+    def release(self) -> None:
+        """Drop OpenSSL's state once the peer has proven it finished the handshake.
+
+        An established DTLS association costs ~70 KiB in OpenSSL; after the peer
+        sends SRTP it will never need our handshake flight again, and WebRTC
+        media carries no DTLS application data. Closing is still noticed.
+        """
+        if self.state == "connected":
+            self._ssl = None
+
     def next_timeout_s(self) -> float | None:
         """Seconds until OpenSSL wants to retransmit a flight, or None."""
         if self.state != "connecting":
@@ -163,6 +181,9 @@ class DtlsEndpoint:
         return self._flush()
 
     def close(self) -> list[bytes]:
+        if self._ssl is None:
+            self.state = "closed"
+            return []
         if self.state == "connected":
             try:
                 self._ssl.shutdown()

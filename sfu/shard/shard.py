@@ -140,6 +140,7 @@ class Shard:
                     self.close_transport(transport, "consent expired")
                 else:
                     transport.send_receiver_reports()
+                    transport.release_dtls_if_done()
 
     # --- control -----------------------------------------------------------------------
 

@@ -103,6 +103,11 @@ class WebRtcTransport:
 
     # --- RTCP we originate -------------------------------------------------------------
 
+    def release_dtls_if_done(self) -> None:
+        """Free OpenSSL's state once the peer's SRTP shows it completed the handshake."""
+        if self.state == "connected" and self.shard.engine.transport_received(self.slot):
+            self.dtls.release()
+
     def send_receiver_reports(self) -> None:
         """RR for each producer stream, plus a REMB so browsers ramp up their bitrate."""
         if self.producers and self.srtp is not None:

@@ -328,3 +328,26 @@ def test_srtp_accepts_late_retransmission_within_window(client_cert, server_cert
     assert sfu.unprotect(late) == make_rtp(seq=0, payload=b"first")
     with pytest.raises(pylibsrtp.Error):
         sfu.unprotect(late)  # but a replay is still a replay
+
+
+def test_released_endpoint_keeps_keys_and_notices_close(client_cert, server_cert) -> None:
+    client, server = make_pair(client_cert, server_cert)
+    handshake(client, server)
+    keys = server.srtp_keys
+    server.release()
+    assert server.state == "connected" and server.srtp_keys == keys
+    # Handshake-looking records are ignored now; an alert record means the peer closed.
+    assert server.receive(bytes([22, 0xFE, 0xFD]) + bytes(11)) == []
+    assert server.state == "connected"
+    alert = client.close()
+    assert alert and alert[0][0] == 21
+    assert server.receive(alert[0]) == []
+    assert server.state == "closed"
+    assert server.close() == []
+
+
+def test_release_before_connected_does_nothing(client_cert, server_cert) -> None:
+    client, server = make_pair(client_cert, server_cert)
+    server.release()
+    wire = handshake(client, server)
+    assert server.state == "connected" and wire.timeouts_handled == 0

@@ -116,3 +116,25 @@ async def test_checks_keep_consent_alive(tmp_path):
     finally:
         peer.close()
         stop_server(server)
+
+
+async def test_dtls_state_released_once_peer_sends_srtp_and_alert_still_closes(sfu_server):
+    from aiortc.rtp import RtcpRrPacket
+
+    publisher = await peers.publish(sfu_server.base_url, "release")
+    viewer = peers.RawPeer(sfu_server.rtc_port)
+    try:
+        await viewer.join(sfu_server.base_url, "release", kind="whep")
+        viewer.send(viewer.srtp.protect_rtcp(bytes(RtcpRrPacket(ssrc=99, reports=[]))))
+        await asyncio.sleep(1.5)  # the shard's once-a-second housekeeping releases OpenSSL's state
+        assert sfu_server.metrics()["sfu_transports"] == 2
+        # An encrypted alert record (close_notify) from the peer: content type 21.
+        viewer.send(bytes([21, 0xFE, 0xFD]) + bytes(8) + (26).to_bytes(2, "big") + bytes(26))
+        deadline = time.monotonic() + 3
+        while sfu_server.metrics()["sfu_transports"] != 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert sfu_server.metrics()["sfu_transports"] == 1
+        assert '"reason": "dtls closed"' in sfu_server.log()
+    finally:
+        viewer.close()
+        await publisher.close()
