@@ -1,23 +1,23 @@
 # C-level declarations of the fast path, for other Cython modules to cimport.
 
 cdef class RtpInfo:
-    cdef public int payload_type
-    cdef public int marker
-    cdef public unsigned int sequence
-    cdef public unsigned int timestamp
-    cdef public unsigned int ssrc
-    cdef public int csrc_count
-    cdef public Py_ssize_t payload_offset
-    cdef public Py_ssize_t payload_length
-    cdef public object mid
-    cdef public object rid
-    cdef public object repaired_rid
-    cdef public object abs_send_time
-    cdef public object audio_level
+    cdef readonly int payload_type
+    cdef readonly int marker
+    cdef readonly unsigned int sequence
+    cdef readonly unsigned int timestamp
+    cdef readonly unsigned int ssrc
+    cdef readonly int csrc_count
+    cdef readonly Py_ssize_t payload_offset
+    cdef readonly Py_ssize_t payload_length
+    cdef readonly object mid
+    cdef readonly object rid
+    cdef readonly object repaired_rid
+    cdef readonly object abs_send_time
+    cdef readonly object audio_level
 
 cdef class ExtIds:
-    cdef public int mid
-    cdef public int rid
-    cdef public int repaired_rid
-    cdef public int abs_send_time
-    cdef public int audio_level
+    cdef readonly int mid
+    cdef readonly int rid
+    cdef readonly int repaired_rid
+    cdef readonly int abs_send_time
+    cdef readonly int audio_level
