@@ -924,9 +924,13 @@ cdef class Engine:
         """Where the peer is (ICE told us): its datagrams are now recognised, ours go there."""
         cdef TransportRec* tr = self._transport(t)
         cdef int32_t other
+        cdef sockaddr_storage addr
+        cdef socklen_t addrlen
+        _sockaddr(host, port, &addr, &addrlen)  # a bad host changes nothing
         if tr.has_addr and _map_get(&self.addr_map, tr.addr_key) == t:
             _map_del(&self.addr_map, tr.addr_key)
-        _sockaddr(host, port, &tr.addr, &tr.addrlen)
+        memcpy(&tr.addr, &addr, sizeof(sockaddr_storage))
+        tr.addrlen = addrlen
         tr.addr_key = _addr_key(&tr.addr)
         tr.has_addr = 1
         other = _map_get(&self.addr_map, tr.addr_key)
@@ -1029,9 +1033,12 @@ cdef class Engine:
         free(pr.ring)
         free(pr.ring_len)
         free(pr.ring_seq)
+        free(pr.consumers)
         pr.ring = NULL
         pr.ring_len = NULL
         pr.ring_seq = NULL
+        pr.consumers = NULL
+        pr.cap_consumers = 0
         pr.in_use = 0
 
     def producer_ssrc(self, int p):
@@ -1118,6 +1125,7 @@ cdef class Engine:
 
     def request_keyframe(self, int p):
         """A viewer joined (or asked): one coalesced PLI to the publisher."""
+        self._producer(p)
         self._keyframe_request(p, _now())
         self._flush()
 
@@ -1263,6 +1271,7 @@ cdef class Engine:
             self.drops[<int>D_RTP_PADDING_ONLY] += 1
             return
         n = h.payload_off + h.payload_len  # padding is not forwarded
+        buf[0] &= 0xDF  # nor its flag: the copy in the NACK ring is parsed again
         self.packets_in += 1
         self.bytes_in += n
         tr.packets_in += 1
@@ -1501,8 +1510,8 @@ cdef class Engine:
 
     cdef void _on_rtcp(self, int t, uint8_t* buf, int n, double now) except *:
         cdef TransportRec* tr = &self.transports[t]
-        cdef int pos = 0, length, pt, fmt, end, i
-        cdef uint32_t sender, media
+        cdef int pos = 0, length, pt, fmt, end, i, shift
+        cdef uint32_t sender, media, mantissa
         if tr.srtp_rx != NULL:
             if _srtp_unprotect_rtcp(tr.srtp_rx, buf, &n) != 0:
                 self.drops[<int>D_SRTCP_UNPROTECT] += 1
@@ -1541,9 +1550,15 @@ cdef class Engine:
                         i += 8
                 elif fmt == 15 and length >= 20 and memcmp(buf + pos + 12, b"REMB", 4) == 0:
                     # bitrate = mantissa (18 bits) << exponent (6 bits)
-                    tr.remb_bps = <uint32_t>min(
-                        <uint64_t>(((buf[pos + 17] & 0x03) << 16) | (buf[pos + 18] << 8) | buf[pos + 19])
-                        << (buf[pos + 17] >> 2), <uint64_t>0xFFFFFFFF)
+                    # (18 + 31 bits fit in 64; any larger exponent saturates unless mantissa is 0)
+                    mantissa = ((buf[pos + 17] & 0x03) << 16) | (buf[pos + 18] << 8) | buf[pos + 19]
+                    shift = buf[pos + 17] >> 2
+                    if mantissa == 0:
+                        tr.remb_bps = 0
+                    elif shift > 31:
+                        tr.remb_bps = 0xFFFFFFFF
+                    else:
+                        tr.remb_bps = <uint32_t>min(<uint64_t>mantissa << shift, <uint64_t>0xFFFFFFFF)
             pos = end
         if pos != n:
             self.drops[<int>D_RTCP_MALFORMED] += 1

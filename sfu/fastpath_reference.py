@@ -7,7 +7,18 @@ can compare the two.
 
 from __future__ import annotations
 
+import os
+import socket
 import struct
+import time
+from collections import deque
+from typing import Any, Callable
+
+from pylibsrtp._binding import ffi as _srtp_ffi
+from pylibsrtp._binding import lib as _srtp_lib
+
+from .shard.retransmission_buffer import RetransmissionBuffer
+from .shard.rtp_stream_stats import RtpStreamStats
 
 CODEC_OTHER = 0
 CODEC_VP8 = 1
@@ -236,3 +247,953 @@ def is_keyframe(codec: int, data: bytes, info: RtpInfo) -> bool:
             return pos + 1 < end and bool(data[pos + 1] & 0x80) and data[pos + 1] & 0x1F in (5, 7)
         return False
     return False
+
+
+# =====================================================================================
+# The forwarding engine, in Python: the twin of ``sfu._fastpath.Engine``.
+#
+# Same constructor, methods and results; the same datagrams leave for the same
+# input, byte for byte before SRTP; the same drops are counted for the same
+# reasons. It reads with ``recvfrom`` and sends with ``sendto`` on a duplicate
+# of the engine's socket, and calls libsrtp through pylibsrtp's CFFI binding.
+# Records mirror the C structs; slots are allocated the same way (lowest free
+# index), so callers see the same numbers and iteration orders match.
+# =====================================================================================
+
+SLOT = 2048            # bytes per datagram slot (longer datagrams are truncated to it)
+MAX_RTP = 1800         # larger incoming media is dropped
+IN_BATCH = 64          # datagrams per batch read
+MAX_BATCHES = 16       # batches per readable event
+RING = 1024            # NACK history per video producer, in packets
+PACER_QUEUE = 512      # paced packets a consumer may hold
+KEYFRAME_ASK_INTERVAL_S = 1.0  # a waiting consumer asks for a keyframe at most this often
+
+DROP_REASONS = (
+    "unknown_address", "srtp_not_ready", "srtp_unprotect_failed", "srtcp_unprotect_failed",
+    "rtp_truncated", "rtp_bad_version", "rtp_bad_padding", "rtp_bad_extension", "rtp_too_large",
+    "rtp_unknown_ssrc", "rtp_unexpected_payload_type", "rtp_padding_only", "rtx_no_osn",
+    "rtcp_malformed", "waiting_for_keyframe", "nack_not_in_buffer", "srtp_protect_failed",
+    "send_failed", "pacer_queue_full", "pacer_expired", "unknown_protocol", "empty_datagram",
+)
+(D_UNKNOWN_ADDRESS, D_SRTP_NOT_READY, D_SRTP_UNPROTECT, D_SRTCP_UNPROTECT,
+ D_RTP_TRUNCATED, D_RTP_BAD_VERSION, D_RTP_BAD_PADDING, D_RTP_BAD_EXTENSION, D_RTP_TOO_LARGE,
+ D_RTP_UNKNOWN_SSRC, D_RTP_UNEXPECTED_PT, D_RTP_PADDING_ONLY, D_RTX_NO_OSN,
+ D_RTCP_MALFORMED, D_WAITING_KEYFRAME, D_NACK_NOT_IN_BUFFER, D_SRTP_PROTECT,
+ D_SEND_FAILED, D_PACER_QUEUE_FULL, D_PACER_EXPIRED, D_UNKNOWN_PROTOCOL, D_EMPTY) = range(len(DROP_REASONS))
+
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_SEQ_TS_SSRC = struct.Struct("!HII")
+_SR_INFO = struct.Struct("!III")
+_RR_BLOCK = struct.Struct("!IIIIII")
+_RTCP_HEAD = struct.Struct("!BBHI")
+_PLI = struct.Struct("!BBHII")
+
+
+class _Hdr:
+    """One parsed RTP header: offsets into the datagram (the C ``Hdr``)."""
+
+    __slots__ = ("pt", "marker", "seq", "ts", "ssrc", "cc", "payload_off", "payload_len",
+                 "mid_off", "mid_len", "abs_off", "level_off")
+
+
+def _parse(p: bytes | bytearray, n: int, id_mid: int, id_abs: int, id_level: int) -> _Hdr | int:
+    """The header of ``p[:n]``, or the index of the drop reason."""
+    if n < 12:
+        return D_RTP_TRUNCATED
+    b0 = p[0]
+    if b0 >> 6 != 2:
+        return D_RTP_BAD_VERSION
+    h = _Hdr()
+    h.cc = b0 & 0x0F
+    pos = 12 + 4 * h.cc
+    if pos > n:
+        return D_RTP_TRUNCATED
+    h.pt = p[1] & 0x7F
+    h.marker = p[1] >> 7
+    h.seq, h.ts, h.ssrc = _SEQ_TS_SSRC.unpack_from(p, 2)
+    h.mid_off = h.abs_off = h.level_off = -1
+    h.mid_len = 0
+    if b0 & 0x10:
+        if pos + 4 > n:
+            return D_RTP_TRUNCATED
+        profile = (p[pos] << 8) | p[pos + 1]
+        end = pos + 4 + 4 * ((p[pos + 2] << 8) | p[pos + 3])
+        if end > n:
+            return D_RTP_TRUNCATED
+        pos += 4
+        if profile == 0xBEDE or (profile & 0xFFF0) == 0x1000:
+            two_byte = profile != 0xBEDE
+            while pos < end:
+                if p[pos] == 0:
+                    pos += 1
+                    continue
+                if two_byte:
+                    if pos + 2 > end:
+                        return D_RTP_BAD_EXTENSION
+                    ext_id = p[pos]
+                    length = p[pos + 1]
+                    pos += 2
+                else:
+                    ext_id = p[pos] >> 4
+                    if ext_id == 15:
+                        break
+                    length = (p[pos] & 0x0F) + 1
+                    pos += 1
+                if pos + length > end:
+                    return D_RTP_BAD_EXTENSION
+                if ext_id == id_mid and id_mid:
+                    h.mid_off = pos
+                    h.mid_len = length
+                elif ext_id == id_abs and id_abs and length == 3:
+                    h.abs_off = pos
+                elif ext_id == id_level and id_level and length == 1:
+                    h.level_off = pos
+                pos += length
+        pos = end
+    padding = 0
+    if b0 & 0x20:
+        if n == pos:
+            return D_RTP_BAD_PADDING
+        padding = p[n - 1]
+        if padding == 0 or pos + padding > n:
+            return D_RTP_BAD_PADDING
+    h.payload_off = pos
+    h.payload_len = n - pos - padding
+    return h
+
+
+def _keyframe(codec: int, data: bytes | bytearray, pos: int, end: int) -> bool:
+    if pos >= end:
+        return False
+    if codec == CODEC_VP8:
+        d = data[pos]
+        if not d & 0x10 or d & 0x07:
+            return False
+        pos += 1
+        if d & 0x80:
+            if pos >= end:
+                return False
+            x = data[pos]
+            pos += 1
+            if x & 0x80:
+                if pos >= end:
+                    return False
+                pos += 2 if data[pos] & 0x80 else 1
+            if x & 0x40:
+                pos += 1
+            if x & 0x30:
+                pos += 1
+        return pos < end and not data[pos] & 0x01
+    if codec == CODEC_H264:
+        nal = data[pos] & 0x1F
+        if nal == 5 or nal == 7:
+            return True
+        if nal == 24:
+            pos += 1
+            while pos + 2 < end:
+                size = (data[pos] << 8) | data[pos + 1]
+                if size == 0 or pos + 2 + size > end:
+                    return False
+                if data[pos + 2] & 0x1F in (5, 7):
+                    return True
+                pos += 2 + size
+            return False
+        if nal == 28:
+            return pos + 1 < end and bool(data[pos + 1] & 0x80) and data[pos + 1] & 0x1F in (5, 7)
+    return False
+
+
+def _check_uint(value: int, bits: int) -> int:
+    """What Cython's conversion to an unsigned C integer accepts."""
+    value = int(value)
+    if value < 0:
+        raise OverflowError("can't convert negative value to unsigned int")
+    if value >> bits:
+        raise OverflowError(f"value too large to convert to uint{bits}_t")
+    return value
+
+
+def _sockaddr(host: str, port: int) -> tuple[str, int]:
+    """The address in the form the kernel reports it: a key for the address map."""
+    if not isinstance(host, str):
+        raise TypeError(f"host must be str, not {type(host).__name__}")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            packed = socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return socket.inet_ntop(family, packed), port & 0xFFFF
+    raise ValueError(f"not an IP address: {host!r}")
+
+
+class _Transport:
+    __slots__ = ("has_addr", "addr", "srtp_rx", "srtp_tx", "sessions", "secure", "ready",
+                 "id_mid", "id_abs", "id_level", "last_seen", "rtcp_ssrc", "packets_in", "rtcp_in",
+                 "bytes_in", "packets_out", "bytes_out", "remb_bps", "tokens", "tokens_at",
+                 "n_producers")
+
+    def __init__(self) -> None:
+        self.has_addr = False
+        self.addr: tuple[str, int] | None = None
+        self.srtp_rx: Any = None  # srtp_t of libsrtp, through CFFI
+        self.srtp_tx: Any = None
+        self.sessions: tuple[Any, Any] | None = None  # the pylibsrtp Sessions we keep alive
+        self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
+        self.rtcp_in = 0
+        self.remb_bps = 0
+        self.n_producers = 0
+
+
+class _Producer:
+    __slots__ = ("transport", "is_video", "codec", "pt", "rtx_pt", "clock_rate", "ssrc",
+                 "rtx_ssrc", "has_ssrc", "has_rtx_ssrc", "mid", "stats", "ring", "last_pli",
+                 "pli_pending", "pli_sent", "pli_coalesced", "consumers")
+
+
+class _Consumer:
+    __slots__ = ("transport", "producer", "is_video", "pt", "rtx_pt", "has_rtx", "nack", "ssrc",
+                 "rtx_ssrc", "id_mid", "id_abs", "id_level", "mid", "started", "first_seq",
+                 "first_ts", "seq_offset", "ts_offset", "rtx_seq", "packets_sent", "bytes_sent",
+                 "nacks_served", "keyframe_asked", "queue")
+
+
+def _slot(records: list, record: object) -> int:
+    for i, r in enumerate(records):
+        if r is None:
+            records[i] = record
+            return i
+    records.append(record)
+    return len(records) - 1
+
+
+class Engine:
+    """The shard's packet engine (see ``sfu._fastpath.Engine``), one packet at a time in Python."""
+
+    def __init__(self, fd: int, slow_path: Callable[[bytes, tuple[str, int]], Any], *,
+                 keyframe_min_interval_s: float = 0.5, pacer_enabled: bool = True,
+                 pacer_rate_bps: float = 20_000_000, pacer_burst_bytes: float = 30_000) -> None:
+        """``fd``: the shard's non-blocking UDP socket. ``slow_path(data, addr)`` gets
+        every datagram the engine does not forward itself (STUN, DTLS)."""
+        self._sock = socket.socket(fileno=os.dup(int(fd)))
+        self._sock.setblocking(False)
+        self._slow_path = slow_path
+        self.keyframe_min_interval_s = float(keyframe_min_interval_s)
+        self.pacer_enabled = bool(pacer_enabled)
+        self.pacer_rate_bytes_s = pacer_rate_bps / 8.0
+        self.pacer_burst_bytes = float(pacer_burst_bytes)
+        self._transports: list[_Transport | None] = []
+        self._producers: list[_Producer | None] = []
+        self._consumers: list[_Consumer | None] = []
+        self._addr_map: dict[tuple[str, int], int] = {}
+        self._ssrc_map: dict[tuple[int, int], int] = {}       # (transport, ssrc) -> producer << 1 | is_rtx
+        self._consumer_map: dict[tuple[int, int], int] = {}   # (transport, consumer ssrc) -> consumer
+        self._srtp_buf = _srtp_ffi.new("unsigned char[]", SLOT)
+        self._srtp_len = _srtp_ffi.new("int *")
+        self._drops = [0] * len(DROP_REASONS)
+        self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
+        self.nacks_received = self.keyframe_requests_received = self.rtcp_in = 0
+        self.nacks_served = self.pli_sent = self.pli_coalesced = 0
+        self._paced_consumers = 0
+
+    def __del__(self) -> None:
+        sock = getattr(self, "_sock", None)
+        if sock is not None:
+            sock.close()
+
+    # --- slots ----------------------------------------------------------------------
+
+    def _transport(self, t: int) -> _Transport:
+        if t < 0 or t >= len(self._transports) or self._transports[t] is None:
+            raise KeyError(f"no transport {t}")
+        return self._transports[t]
+
+    def _producer(self, p: int) -> _Producer:
+        if p < 0 or p >= len(self._producers) or self._producers[p] is None:
+            raise KeyError(f"no producer {p}")
+        return self._producers[p]
+
+    def _consumer(self, c: int) -> _Consumer:
+        if c < 0 or c >= len(self._consumers) or self._consumers[c] is None:
+            raise KeyError(f"no consumer {c}")
+        return self._consumers[c]
+
+    # --- control: transports ----------------------------------------------------------
+
+    def add_transport(self, *, secure: bool = True, mid: int = 0, abs_send_time: int = 0,
+                      audio_level: int = 0, rtcp_ssrc: int = 1) -> int:
+        """A peer's association. ``secure``: SRTP once keys arrive; else plain RTP."""
+        rtcp_ssrc = _check_uint(rtcp_ssrc, 32)
+        tr = _Transport()
+        tr.secure = bool(secure)
+        tr.ready = not secure
+        tr.id_mid, tr.id_abs, tr.id_level = int(mid), int(abs_send_time), int(audio_level)
+        tr.rtcp_ssrc = rtcp_ssrc
+        tr.last_seen = time.monotonic()
+        tr.tokens = self.pacer_burst_bytes
+        tr.tokens_at = tr.last_seen
+        return _slot(self._transports, tr)
+
+    def set_transport_extensions(self, t: int, *, mid: int = 0, abs_send_time: int = 0,
+                                 audio_level: int = 0) -> None:
+        tr = self._transport(t)
+        tr.id_mid, tr.id_abs, tr.id_level = int(mid), int(abs_send_time), int(audio_level)
+
+    def set_transport_address(self, t: int, host: str, port: int) -> None:
+        """Where the peer is (ICE told us): its datagrams are now recognised, ours go there."""
+        tr = self._transport(t)
+        addr = _sockaddr(host, port)  # a bad host changes nothing
+        if tr.has_addr and self._addr_map.get(tr.addr) == t:
+            del self._addr_map[tr.addr]
+        tr.addr = addr
+        tr.has_addr = True
+        other = self._addr_map.get(tr.addr, -1)
+        if other >= 0 and other != t:
+            self._transports[other].has_addr = False  # the newest peer at an address wins
+        self._addr_map[tr.addr] = t
+
+    def set_transport_srtp(self, t: int, rx_session: Any, tx_session: Any) -> None:
+        """Install libsrtp contexts (pylibsrtp Sessions; we keep them alive)."""
+        tr = self._transport(t)
+        tr.srtp_rx = rx_session._srtp[0]
+        tr.srtp_tx = tx_session._srtp[0]
+        tr.sessions = (rx_session, tx_session)
+        tr.ready = True
+
+    def transport_last_seen(self, t: int) -> float:
+        return self._transport(t).last_seen
+
+    def touch_transport(self, t: int) -> None:
+        """A valid STUN check or DTLS record counts as a sign of life too."""
+        self._transport(t).last_seen = time.monotonic()
+
+    def transport_received(self, t: int) -> int:
+        """Authenticated RTP and RTCP packets received from the peer."""
+        tr = self._transport(t)
+        return tr.packets_in + tr.rtcp_in
+
+    def transport_remb_bps(self, t: int) -> int:
+        return self._transport(t).remb_bps
+
+    def remove_transport(self, t: int) -> None:
+        tr = self._transport(t)
+        for i, cr in enumerate(self._consumers):
+            if cr is not None and cr.transport == t:
+                self.remove_consumer(i)
+        for i, pr in enumerate(self._producers):
+            if pr is not None and pr.transport == t:
+                self.remove_producer(i)
+        if tr.has_addr and self._addr_map.get(tr.addr) == t:
+            del self._addr_map[tr.addr]
+        self._transports[t] = None
+
+    # --- control: producers -----------------------------------------------------------
+
+    def add_producer(self, t: int, *, video: bool, codec: int, payload_type: int, clock_rate: int,
+                     rtx_payload_type: int = -1, ssrc: int | None = None, rtx_ssrc: int | None = None,
+                     mid: bytes = b"") -> int:
+        tr = self._transport(t)
+        if not isinstance(mid, bytes):
+            raise TypeError(f"mid must be bytes, not {type(mid).__name__}")
+        pr = _Producer()
+        pr.transport = t
+        pr.is_video = bool(video)
+        pr.codec = int(codec)
+        pr.pt = int(payload_type)
+        pr.rtx_pt = int(rtx_payload_type)
+        pr.clock_rate = int(clock_rate)
+        pr.ssrc = pr.rtx_ssrc = 0
+        pr.has_ssrc = pr.has_rtx_ssrc = False
+        pr.mid = mid[:16]
+        pr.stats = RtpStreamStats(pr.clock_rate)
+        pr.ring = RetransmissionBuffer(RING) if pr.is_video else None
+        pr.last_pli = -1e9
+        pr.pli_pending = False
+        pr.pli_sent = pr.pli_coalesced = 0
+        pr.consumers = []
+        p = _slot(self._producers, pr)
+        if ssrc is not None:
+            self._bind_ssrc(p, ssrc, False)
+        if rtx_ssrc is not None:
+            self._bind_ssrc(p, rtx_ssrc, True)
+        tr.n_producers += 1
+        return p
+
+    def _bind_ssrc(self, p: int, ssrc: int, rtx: bool) -> None:
+        pr = self._producers[p]
+        ssrc = _check_uint(ssrc, 32)
+        if rtx:
+            pr.rtx_ssrc = ssrc
+            pr.has_rtx_ssrc = True
+        else:
+            pr.ssrc = ssrc
+            pr.has_ssrc = True
+        self._ssrc_map[(pr.transport, ssrc)] = (p << 1) | rtx
+
+    def remove_producer(self, p: int) -> None:
+        """Its consumers stay (Python closes them, sending BYE first) but get nothing more."""
+        pr = self._producer(p)
+        if pr.has_ssrc:
+            self._ssrc_map.pop((pr.transport, pr.ssrc), None)
+        if pr.has_rtx_ssrc:
+            self._ssrc_map.pop((pr.transport, pr.rtx_ssrc), None)
+        for c in pr.consumers:
+            self._consumers[c].producer = -1
+        pr.consumers.clear()
+        self._transports[pr.transport].n_producers -= 1
+        pr.ring = None
+        self._producers[p] = None
+
+    def producer_ssrc(self, p: int) -> int | None:
+        pr = self._producer(p)
+        return pr.ssrc if pr.has_ssrc else None
+
+    def producer_stats(self, p: int) -> dict:
+        pr = self._producer(p)
+        s = pr.stats
+        return {
+            "received": s.received, "bytes": s.bytes,
+            "lost": s.lost if s.started else 0,
+            "jitter": s.jitter, "jitter_seconds": s.jitter / pr.clock_rate if pr.clock_rate else 0.0,
+            "keyframe_requests_sent": pr.pli_sent, "keyframe_requests_coalesced": pr.pli_coalesced,
+            "consumers": len(pr.consumers),
+        }
+
+    # --- control: consumers -----------------------------------------------------------
+
+    def add_consumer(self, t: int, p: int, *, payload_type: int, ssrc: int, rtx_payload_type: int = -1,
+                     rtx_ssrc: int | None = None, nack: bool = True, mid: int = 0, abs_send_time: int = 0,
+                     audio_level: int = 0, mid_value: bytes = b"", first_seq: int = 0, first_ts: int = 0,
+                     first_rtx_seq: int = 0) -> int:
+        """One producer delivered on transport ``t`` with the viewer's numbering."""
+        ssrc = _check_uint(ssrc, 32)
+        first_seq = _check_uint(first_seq, 16)
+        first_ts = _check_uint(first_ts, 32)
+        first_rtx_seq = _check_uint(first_rtx_seq, 16)
+        if not isinstance(mid_value, bytes):
+            raise TypeError(f"mid_value must be bytes, not {type(mid_value).__name__}")
+        self._transport(t)
+        pr = self._producer(p)
+        cr = _Consumer()
+        cr.transport = t
+        cr.producer = p
+        cr.is_video = pr.is_video
+        cr.pt = int(payload_type)
+        cr.ssrc = ssrc
+        cr.has_rtx = rtx_ssrc is not None and rtx_payload_type >= 0
+        cr.rtx_pt = int(rtx_payload_type)
+        cr.rtx_ssrc = _check_uint(rtx_ssrc, 32) if cr.has_rtx else 0
+        cr.nack = bool(nack)
+        cr.id_mid, cr.id_abs, cr.id_level = int(mid), int(abs_send_time), int(audio_level)
+        cr.mid = mid_value if 0 < len(mid_value) <= 16 else b""
+        cr.started = False
+        cr.first_seq = first_seq
+        cr.first_ts = first_ts
+        cr.seq_offset = cr.ts_offset = 0
+        cr.rtx_seq = first_rtx_seq
+        cr.packets_sent = cr.bytes_sent = cr.nacks_served = 0
+        cr.keyframe_asked = -1e9
+        cr.queue = deque()
+        c = _slot(self._consumers, cr)
+        pr.consumers.append(c)
+        self._consumer_map[(t, ssrc)] = c
+        return c
+
+    def remove_consumer(self, c: int) -> None:
+        cr = self._consumer(c)
+        if cr.producer >= 0:
+            consumers = self._producers[cr.producer].consumers
+            for i, other in enumerate(consumers):
+                if other == c:
+                    consumers[i] = consumers[-1]  # the C code's swap-remove: same order after it
+                    consumers.pop()
+                    break
+        self._consumer_map.pop((cr.transport, cr.ssrc), None)
+        if cr.queue:
+            self._paced_consumers -= 1
+        self._consumers[c] = None
+
+    def consumer_stats(self, c: int) -> dict:
+        cr = self._consumer(c)
+        return {"packets_sent": cr.packets_sent, "bytes_sent": cr.bytes_sent,
+                "nacks_served": cr.nacks_served, "started": bool(cr.started), "paced": len(cr.queue)}
+
+    def request_keyframe(self, p: int) -> None:
+        """A viewer joined (or asked): one coalesced PLI to the publisher."""
+        self._producer(p)
+        self._keyframe_request(p, time.monotonic())
+
+    # --- stats --------------------------------------------------------------------------
+
+    def drop_counts(self) -> dict:
+        return {DROP_REASONS[i]: n for i, n in enumerate(self._drops) if n}
+
+    def count_drop(self, reason: str) -> None:
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be str, not {type(reason).__name__}")
+        self._drops[DROP_REASONS.index(reason)] += 1
+
+    def totals(self) -> dict:
+        return {
+            "packets_in": self.packets_in, "bytes_in": self.bytes_in,
+            "packets_out": self.packets_out, "bytes_out": self.bytes_out,
+            "nacks_received": self.nacks_received, "nacks_served": self.nacks_served,
+            "keyframe_requests_received": self.keyframe_requests_received,
+            "keyframe_requests_sent": self.pli_sent, "keyframe_requests_coalesced": self.pli_coalesced,
+        }
+
+    # --- I/O ----------------------------------------------------------------------------
+
+    def on_readable(self) -> None:
+        """Registered with ``loop.add_reader``: drain the socket in batches and forward."""
+        recvfrom = self._sock.recvfrom
+        for _ in range(MAX_BATCHES):
+            batch = []
+            while len(batch) < IN_BATCH:
+                try:
+                    batch.append(recvfrom(SLOT))
+                except OSError:  # BlockingIOError: drained; anything else: next time
+                    break
+            if not batch:
+                break
+            now = time.monotonic()
+            for data, addr in batch:
+                host = addr[0]
+                if "%" in host:  # an IPv6 scope: the C key has none
+                    host = host.partition("%")[0]
+                self._datagram(data, (host, addr[1]), now)
+            if len(batch) < IN_BATCH:
+                break
+
+    def feed(self, data: bytes, host: str, port: int) -> None:
+        """Process one datagram as if it had arrived from (host, port): tests and benchmarks."""
+        buf = bytes(memoryview(data)[:SLOT])
+        if not isinstance(host, str):
+            raise TypeError(f"host must be str, not {type(host).__name__}")
+        self._datagram(buf, _sockaddr(host, port), time.monotonic())
+
+    def _datagram(self, buf: bytes, addr: tuple[str, int], now: float) -> None:
+        if not buf:
+            self._drops[D_EMPTY] += 1
+            return
+        first = buf[0]
+        if 128 <= first < 192:
+            t = self._addr_map.get(addr, -1)
+            if t < 0:
+                self._drops[D_UNKNOWN_ADDRESS] += 1
+                return
+            if not self._transports[t].ready:
+                self._drops[D_SRTP_NOT_READY] += 1
+                return
+            if len(buf) >= 2 and 192 <= buf[1] <= 223:
+                self._on_rtcp(t, buf, now)
+            else:
+                self._on_rtp(t, buf, now)
+        elif first < 4 or 20 <= first < 64:
+            # STUN and DTLS: control, handled in Python.
+            self._slow_path(buf, addr)
+        else:
+            self._drops[D_UNKNOWN_PROTOCOL] += 1
+
+    def _srtp(self, fn: Any, ctx: Any, data: bytes) -> bytes | None:
+        """One libsrtp call, as ``pylibsrtp.Session.protect`` & co. make it, on a slot-sized
+        buffer (pylibsrtp's own holds 1,500 bytes; the engine takes up to a slot)."""
+        n = len(data)
+        _srtp_ffi.memmove(self._srtp_buf, data, n)
+        self._srtp_len[0] = n
+        if fn(ctx, self._srtp_buf, self._srtp_len) != 0:
+            return None
+        return _srtp_ffi.buffer(self._srtp_buf, self._srtp_len[0])[:]
+
+    # --- RTP ----------------------------------------------------------------------------
+
+    def _on_rtp(self, t: int, buf: bytes, now: float) -> None:
+        tr = self._transports[t]
+        if len(buf) > MAX_RTP:
+            self._drops[D_RTP_TOO_LARGE] += 1
+            return
+        if tr.srtp_rx is not None:
+            buf = self._srtp(_srtp_lib.srtp_unprotect, tr.srtp_rx, buf)
+            if buf is None:
+                self._drops[D_SRTP_UNPROTECT] += 1
+                return
+        tr.last_seen = now
+        h = _parse(buf, len(buf), tr.id_mid, tr.id_abs, tr.id_level)
+        if h.__class__ is int:
+            self._drops[h] += 1
+            return
+        v = self._ssrc_map.get((t, h.ssrc), -1)
+        if v < 0:
+            v = self._learn_ssrc(t, buf, h)
+            if v < 0:
+                self._drops[D_RTP_UNKNOWN_SSRC] += 1
+                return
+        p = v >> 1
+        pr = self._producers[p]
+        buf = bytearray(buf)
+        if v & 1:
+            if h.payload_len <= 2:
+                self._drops[D_RTX_NO_OSN if h.payload_len < 2 else D_RTP_PADDING_ONLY] += 1
+                return
+            # RFC 4588: the original sequence number leads the payload; rebuild in place.
+            off = h.payload_off
+            buf[2] = buf[off]
+            buf[3] = buf[off + 1]
+            buf[off:off + h.payload_len - 2] = buf[off + 2:off + h.payload_len]
+            buf[0] &= 0xDF
+            buf[1] = ((buf[1] & 0x80) | pr.pt) & 0xFF
+            _U32.pack_into(buf, 8, pr.ssrc)
+            h.payload_len -= 2
+            h.seq = (buf[2] << 8) | buf[3]
+            h.pt = pr.pt
+            h.ssrc = pr.ssrc
+        elif h.pt != pr.pt:
+            self._drops[D_RTP_UNEXPECTED_PT] += 1
+            return
+        if h.payload_len == 0:
+            self._drops[D_RTP_PADDING_ONLY] += 1
+            return
+        n = h.payload_off + h.payload_len  # padding is not forwarded
+        del buf[n:]
+        buf[0] &= 0xDF  # nor its flag (the copy in the NACK ring is re-parsed)
+        self.packets_in += 1
+        self.bytes_in += n
+        tr.packets_in += 1
+        tr.bytes_in += n
+        pr.stats.update(h.seq, h.ts, now, n)
+        packet = bytes(buf)
+        if pr.ring is not None:
+            pr.ring.store(h.seq, packet)
+        key = pr.is_video and _keyframe(pr.codec, packet, h.payload_off, n)
+        for c in tuple(pr.consumers):
+            self._forward(c, p, packet, h, key, now, False)
+
+    def _learn_ssrc(self, t: int, buf: bytes, h: _Hdr) -> int:
+        """Bind an unsignalled SSRC to the producer whose mid it carries (RFC 8843 §9.2)."""
+        if h.mid_off < 0:
+            return -1
+        mid = buf[h.mid_off:h.mid_off + h.mid_len]
+        for p, pr in enumerate(self._producers):
+            if pr is None or pr.transport != t or len(pr.mid) != h.mid_len or pr.mid != mid:
+                continue
+            if h.pt == pr.pt and not pr.has_ssrc:
+                self._bind_ssrc(p, h.ssrc, False)
+                return p << 1
+            if h.pt == pr.rtx_pt and not pr.has_rtx_ssrc and pr.has_ssrc:
+                self._bind_ssrc(p, h.ssrc, True)
+                return (p << 1) | 1
+            return -1
+        return -1
+
+    def _forward(self, c: int, p: int, buf: bytes, h: _Hdr, key: bool, now: float, from_queue: bool) -> None:
+        """One packet to one consumer: start on a keyframe, pace, rewrite, protect, send."""
+        cr = self._consumers[c]
+        tr = self._transports[cr.transport]
+        if not tr.has_addr or not tr.ready:
+            return
+        if not cr.started:
+            if cr.is_video and not key:
+                self._drops[D_WAITING_KEYFRAME] += 1
+                if now - cr.keyframe_asked > KEYFRAME_ASK_INTERVAL_S:
+                    cr.keyframe_asked = now
+                    self._keyframe_request(p, now)
+                return
+            cr.started = True
+            cr.seq_offset = (cr.first_seq - h.seq) & 0xFFFF
+            cr.ts_offset = (cr.first_ts - h.ts) & 0xFFFFFFFF
+        if self.pacer_enabled and cr.is_video and not from_queue:
+            self._refill(tr, now)
+            if cr.queue or tr.tokens <= 0:
+                self._enqueue(cr, h.seq)
+                return
+        out = self._rewrite(cr, buf, h, (h.seq + cr.seq_offset) & 0xFFFF)
+        cr.packets_sent += 1
+        cr.bytes_sent += h.payload_len
+        tr.tokens -= len(out)
+        self._emit(cr.transport, out, False)
+
+    @staticmethod
+    def _rewrite(cr: _Consumer, buf: bytes, h: _Hdr, seq: int) -> bytes:
+        """The viewer's copy: its SSRC, seq, ts, PT; extensions in its ids; no padding."""
+        ext = bytearray()
+        if cr.id_mid and cr.mid:
+            ext.append(((cr.id_mid << 4) | (len(cr.mid) - 1)) & 0xFF)
+            ext += cr.mid
+        if cr.id_abs and h.abs_off >= 0:
+            ext.append(((cr.id_abs << 4) | 2) & 0xFF)
+            ext += buf[h.abs_off:h.abs_off + 3]
+        if cr.id_level and h.level_off >= 0:
+            ext.append((cr.id_level << 4) & 0xFF)
+            ext.append(buf[h.level_off])
+        ext += bytes(-len(ext) % 4)
+        out = bytearray(_HEADER.pack(0x80 | h.cc | (0x10 if ext else 0), ((h.marker << 7) | cr.pt) & 0xFF,
+                                     seq, (h.ts + cr.ts_offset) & 0xFFFFFFFF, cr.ssrc))
+        if h.cc:
+            out += buf[12:12 + 4 * h.cc]
+        if ext:
+            out += struct.pack("!HH", 0xBEDE, len(ext) // 4)
+            out += ext
+        out += buf[h.payload_off:h.payload_off + h.payload_len]
+        return bytes(out)
+
+    # --- egress -------------------------------------------------------------------------
+
+    def _emit(self, t: int, out: bytes, rtcp: bool) -> None:
+        """Protect a packet and send it to transport t."""
+        tr = self._transports[t]
+        if tr.srtp_tx is not None:
+            out = self._srtp(_srtp_lib.srtp_protect_rtcp if rtcp else _srtp_lib.srtp_protect, tr.srtp_tx, out)
+            if out is None:
+                self._drops[D_SRTP_PROTECT] += 1
+                return
+        try:
+            self._sock.sendto(out, tr.addr)
+        except OSError:
+            # Full socket buffer or an unreachable peer: this datagram is lost.
+            self._drops[D_SEND_FAILED] += 1
+        n = len(out)
+        tr.packets_out += 1
+        tr.bytes_out += n
+        if not rtcp:
+            self.packets_out += 1
+            self.bytes_out += n
+
+    # --- pacing -------------------------------------------------------------------------
+
+    def _refill(self, tr: _Transport, now: float) -> None:
+        tr.tokens += (now - tr.tokens_at) * self.pacer_rate_bytes_s
+        if tr.tokens > self.pacer_burst_bytes:
+            tr.tokens = self.pacer_burst_bytes
+        tr.tokens_at = now
+
+    def _enqueue(self, cr: _Consumer, seq: int) -> None:
+        if len(cr.queue) == PACER_QUEUE:
+            # Hopelessly behind: lose the oldest rather than grow without bound.
+            cr.queue.popleft()
+            self._drops[D_PACER_QUEUE_FULL] += 1
+        if not cr.queue:
+            self._paced_consumers += 1
+        cr.queue.append(seq)
+
+    def _drain(self, c: int, now: float) -> None:
+        cr = self._consumers[c]
+        tr = self._transports[cr.transport]
+        self._refill(tr, now)
+        while cr.queue and tr.tokens > 0:
+            seq = cr.queue.popleft()
+            if not cr.queue:
+                self._paced_consumers -= 1
+            if cr.producer < 0:
+                continue
+            pr = self._producers[cr.producer]
+            pt = self._transports[pr.transport]
+            packet = pr.ring.get(seq)
+            h = D_PACER_EXPIRED if packet is None else _parse(packet, len(packet), pt.id_mid, pt.id_abs, pt.id_level)
+            if h.__class__ is int:
+                self._drops[D_PACER_EXPIRED] += 1
+                continue
+            self._forward(c, cr.producer, packet, h, False, now, True)
+
+    def tick(self) -> float:
+        """Timer work: paced packets and coalesced keyframe requests. Returns the delay
+        (seconds) after which it wants to run again."""
+        now = time.monotonic()
+        wait = 0.05
+        if self._paced_consumers:
+            for i, cr in enumerate(self._consumers):
+                if cr is not None and cr.queue:
+                    self._drain(i, now)
+        for i, pr in enumerate(self._producers):
+            if pr is not None and pr.pli_pending:
+                if now - pr.last_pli >= self.keyframe_min_interval_s:
+                    self._send_pli(i, now)
+                else:
+                    wait = min(wait, pr.last_pli + self.keyframe_min_interval_s - now)
+        if self._paced_consumers:
+            wait = min(wait, 0.005)
+        return max(wait, 0.001)
+
+    # --- RTCP ---------------------------------------------------------------------------
+
+    def _on_rtcp(self, t: int, buf: bytes, now: float) -> None:
+        tr = self._transports[t]
+        if tr.srtp_rx is not None:
+            buf = self._srtp(_srtp_lib.srtp_unprotect_rtcp, tr.srtp_rx, buf)
+            if buf is None:
+                self._drops[D_SRTCP_UNPROTECT] += 1
+                return
+        tr.last_seen = now
+        tr.rtcp_in += 1
+        self.rtcp_in += 1
+        n = len(buf)
+        pos = 0
+        while pos + 4 <= n:
+            if buf[pos] >> 6 != 2:
+                self._drops[D_RTCP_MALFORMED] += 1
+                return
+            fmt = buf[pos] & 0x1F
+            pt = buf[pos + 1]
+            length = 4 * (((buf[pos + 2] << 8) | buf[pos + 3]) + 1)
+            end = pos + length
+            if end > n or length < 8:
+                self._drops[D_RTCP_MALFORMED] += 1
+                return
+            sender = _U32.unpack_from(buf, pos + 4)[0]
+            if pt == 200 and length >= 28:
+                self._on_sender_report(t, sender, buf, pos + 8, now)
+            elif pt == 205 and fmt == 1 and length >= 12:
+                media = _U32.unpack_from(buf, pos + 8)[0]
+                i = pos + 12
+                while i + 4 <= end:
+                    pid, blp = struct.unpack_from("!HH", buf, i)
+                    self._on_nack(t, media, pid, blp, now)
+                    i += 4
+            elif pt == 206 and length >= 12:
+                media = _U32.unpack_from(buf, pos + 8)[0]
+                if fmt == 1:
+                    self._on_keyframe_request(t, media, now)
+                elif fmt == 4:
+                    i = pos + 12
+                    while i + 8 <= end:
+                        self._on_keyframe_request(t, _U32.unpack_from(buf, i)[0], now)
+                        i += 8
+                elif fmt == 15 and length >= 20 and buf[pos + 12:pos + 16] == b"REMB":
+                    # bitrate = mantissa (18 bits) << exponent (6 bits)
+                    mantissa = ((buf[pos + 17] & 0x03) << 16) | (buf[pos + 18] << 8) | buf[pos + 19]
+                    tr.remb_bps = min(mantissa << (buf[pos + 17] >> 2), 0xFFFFFFFF)
+            pos = end
+        if pos != n:
+            self._drops[D_RTCP_MALFORMED] += 1
+
+    def _on_sender_report(self, t: int, ssrc: int, buf: bytes, info: int, now: float) -> None:
+        """Keep LSR for our RR; send each consumer an SR in its own numbering (lip-sync)."""
+        v = self._ssrc_map.get((t, ssrc), -1)
+        if v < 0 or v & 1:
+            return
+        pr = self._producers[v >> 1]
+        ntp_seconds, ntp_fraction, rtp_ts = _SR_INFO.unpack_from(buf, info)
+        pr.stats.last_sr_ntp_middle = ((ntp_seconds << 16) | (ntp_fraction >> 16)) & 0xFFFFFFFF
+        pr.stats.last_sr_arrival = now
+        ntp = buf[info:info + 8]
+        for c in tuple(pr.consumers):
+            cr = self._consumers[c]
+            ct = self._transports[cr.transport]
+            if not cr.started or not ct.has_addr or not ct.ready:
+                continue
+            out = (_RTCP_HEAD.pack(0x80, 200, 6, cr.ssrc) + ntp
+                   + _SR_INFO.pack((rtp_ts + cr.ts_offset) & 0xFFFFFFFF,  # RTP time in our base
+                                   cr.packets_sent & 0xFFFFFFFF, cr.bytes_sent & 0xFFFFFFFF))
+            self._emit(cr.transport, out, True)
+
+    def _on_nack(self, t: int, media: int, pid: int, blp: int, now: float) -> None:
+        c = self._consumer_map.get((t, media), -1)
+        if c < 0:
+            return
+        self.nacks_received += 1
+        self._retransmit(c, pid, now)
+        for b in range(16):
+            if blp & (1 << b):
+                self._retransmit(c, (pid + b + 1) & 0xFFFF, now)
+
+    def _retransmit(self, c: int, seq: int, now: float) -> None:
+        """From the producer's history, as RTX when negotiated (RFC 4588)."""
+        cr = self._consumers[c]
+        src = (seq - cr.seq_offset) & 0xFFFF
+        if cr.producer < 0 or not cr.started or not cr.nack:
+            return
+        pr = self._producers[cr.producer]
+        if pr.ring is None:
+            return
+        pt = self._transports[pr.transport]
+        packet = pr.ring.get(src)
+        h = D_NACK_NOT_IN_BUFFER if packet is None else _parse(packet, len(packet), pt.id_mid, pt.id_abs, pt.id_level)
+        if h.__class__ is int:
+            self._drops[D_NACK_NOT_IN_BUFFER] += 1
+            return
+        out = self._rewrite(cr, packet, h, seq)
+        if cr.has_rtx:
+            off = len(out) - h.payload_len
+            rtx = bytearray(out[:off])
+            rtx[1] = ((rtx[1] & 0x80) | cr.rtx_pt) & 0xFF
+            _U16.pack_into(rtx, 2, cr.rtx_seq)
+            _U32.pack_into(rtx, 8, cr.rtx_ssrc)
+            cr.rtx_seq = (cr.rtx_seq + 1) & 0xFFFF
+            rtx += _U16.pack(seq)
+            rtx += out[off:]
+            out = bytes(rtx)
+        cr.nacks_served += 1
+        self.nacks_served += 1
+        self._emit(cr.transport, out, False)
+
+    def _on_keyframe_request(self, t: int, media: int, now: float) -> None:
+        c = self._consumer_map.get((t, media), -1)
+        if c < 0 or self._consumers[c].producer < 0:
+            return
+        self.keyframe_requests_received += 1
+        self._keyframe_request(self._consumers[c].producer, now)
+
+    def _keyframe_request(self, p: int, now: float) -> None:
+        """At most one PLI per interval; requests inside it ride on one sent at its end."""
+        pr = self._producers[p]
+        if not pr.is_video:
+            return
+        if pr.pli_pending or now - pr.last_pli < self.keyframe_min_interval_s:
+            pr.pli_pending = True
+            pr.pli_coalesced += 1
+            self.pli_coalesced += 1
+            return
+        self._send_pli(p, now)
+
+    def _send_pli(self, p: int, now: float) -> None:
+        pr = self._producers[p]
+        tr = self._transports[pr.transport]
+        pr.pli_pending = False
+        if not pr.has_ssrc or not tr.has_addr or not tr.ready:
+            return
+        pr.last_pli = now
+        pr.pli_sent += 1
+        self.pli_sent += 1
+        self._emit(pr.transport, _PLI.pack(0x81, 206, 2, tr.rtcp_ssrc, pr.ssrc), True)
+
+    def send_receiver_reports(self, t: int, remb_bps: int = 0) -> None:
+        """RR for each producer stream of transport t (RFC 3550 §6.4.2), plus a REMB."""
+        remb_bps = _check_uint(remb_bps, 32)
+        tr = self._transport(t)
+        now = time.monotonic()
+        if not tr.has_addr or not tr.ready:
+            return
+        blocks = bytearray()
+        count = 0
+        for pr in self._producers:
+            if pr is None or pr.transport != t or not pr.stats.started or count == 31:
+                continue
+            fraction, lost, extended_max, jitter, lsr, dlsr = pr.stats.report_block(now)
+            blocks += _RR_BLOCK.pack(pr.ssrc, (fraction << 24) | lost, extended_max,
+                                     jitter & 0xFFFFFFFF, lsr, dlsr)
+            count += 1
+        if count == 0:
+            return
+        out = bytearray(_RTCP_HEAD.pack(0x80 | count, 201, (8 + len(blocks)) // 4 - 1, tr.rtcp_ssrc))
+        out += blocks
+        if remb_bps:
+            ssrcs = [pr.ssrc for pr in self._producers
+                     if pr is not None and pr.transport == t and pr.is_video and pr.has_ssrc][:8]
+            if ssrcs:
+                mantissa, exp = remb_bps, 0
+                while mantissa >= 1 << 18:
+                    mantissa >>= 1
+                    exp += 1
+                out += _RTCP_HEAD.pack(0x8F, 206, 4 + len(ssrcs), tr.rtcp_ssrc)
+                out += _U32.pack(0) + b"REMB"
+                out += bytes([len(ssrcs), (exp << 2) | ((mantissa >> 16) & 0x03)]) + _U16.pack(mantissa & 0xFFFF)
+                out += b"".join(_U32.pack(s) for s in ssrcs)
+        self._emit(t, bytes(out), True)
+
+    def send_rtcp(self, t: int, packet: bytes) -> None:
+        """An RTCP packet built in Python (BYE, ...), protected and sent on transport t."""
+        data = bytes(memoryview(packet))
+        tr = self._transport(t)
+        n = len(data)
+        if not tr.has_addr or not tr.ready or n < 8 or n > MAX_RTP:
+            return
+        self._emit(t, data, True)

@@ -162,3 +162,105 @@ def make_h264_payload(
         return struct.pack("!BB", indicator, header) + body
     assert nal_type is not None
     return _nal(nal_type, nri, body)
+
+
+# --- RTCP (RFC 3550 §6.4, RFC 4585 §6.2-6.3, RFC 5104 §4.3.1, draft-alvestrand-rmcat-remb) ---
+
+
+def _rtcp(count_or_fmt: int, packet_type: int, body: bytes) -> bytes:
+    if len(body) % 4:
+        raise ValueError("RTCP body must be a multiple of 4 bytes")
+    return struct.pack("!BBH", 0x80 | count_or_fmt, packet_type, (4 + len(body)) // 4 - 1) + body
+
+
+def make_rtcp_sr(
+    ssrc: int = 1234,
+    ntp_seconds: int = 0xE1234567,
+    ntp_fraction: int = 0x89ABCDEF,
+    rtp_ts: int = 0,
+    packets: int = 0,
+    octets: int = 0,
+    report_blocks: Iterable[bytes] = (),
+) -> bytes:
+    """A sender report; ``report_blocks`` are 24-byte blocks appended as-is."""
+    blocks = tuple(report_blocks)
+    body = struct.pack("!IIIIII", ssrc, ntp_seconds, ntp_fraction, rtp_ts, packets, octets) + b"".join(blocks)
+    return _rtcp(len(blocks), 200, body)
+
+
+def make_rtcp_nack(sender_ssrc: int, media_ssrc: int, items: Iterable[tuple[int, int]]) -> bytes:
+    """A generic NACK (RTPFB FMT 1): one FCI per (packet id, bitmask of the 16 following)."""
+    fci = b"".join(struct.pack("!HH", pid & 0xFFFF, blp) for pid, blp in items)
+    return _rtcp(1, 205, struct.pack("!II", sender_ssrc, media_ssrc) + fci)
+
+
+def nack_items(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """The (pid, blp) pairs a receiver would send for these sequence numbers."""
+    items: list[tuple[int, int]] = []
+    for seq in seqs:
+        seq &= 0xFFFF
+        if items:
+            pid, blp = items[-1]
+            delta = (seq - pid) & 0xFFFF
+            if 1 <= delta <= 16:
+                items[-1] = (pid, blp | (1 << (delta - 1)))
+                continue
+        items.append((seq, 0))
+    return items
+
+
+def make_rtcp_pli(sender_ssrc: int, media_ssrc: int) -> bytes:
+    """A picture loss indication (PSFB FMT 1)."""
+    return _rtcp(1, 206, struct.pack("!II", sender_ssrc, media_ssrc))
+
+
+def make_rtcp_fir(sender_ssrc: int, entries: Iterable[tuple[int, int]]) -> bytes:
+    """A full intra request (PSFB FMT 4): media SSRC 0, one FCI per (ssrc, command seq)."""
+    fci = b"".join(struct.pack("!IB3x", ssrc, seq & 0xFF) for ssrc, seq in entries)
+    return _rtcp(4, 206, struct.pack("!II", sender_ssrc, 0) + fci)
+
+
+def make_rtcp_remb(sender_ssrc: int, mantissa: int, exponent: int, ssrcs: Iterable[int] = ()) -> bytes:
+    """Receiver estimated max bitrate (PSFB FMT 15): bitrate = mantissa << exponent."""
+    if not 0 <= mantissa < 1 << 18 or not 0 <= exponent < 64:
+        raise ValueError("mantissa is 18 bits, exponent 6")
+    ssrcs = tuple(ssrcs)
+    body = struct.pack("!II4sBBH", sender_ssrc, 0, b"REMB", len(ssrcs),
+                       (exponent << 2) | (mantissa >> 16), mantissa & 0xFFFF)
+    body += b"".join(struct.pack("!I", s) for s in ssrcs)
+    return _rtcp(15, 206, body)
+
+
+def rtp_payload_offset(packet: bytes) -> int:
+    """Where the payload of an RTP packet starts (after CSRCs and the extension block)."""
+    cc = packet[0] & 0x0F
+    pos = 12 + 4 * cc
+    if packet[0] & 0x10:
+        pos += 4 + 4 * struct.unpack_from("!H", packet, pos + 2)[0]
+    return pos
+
+
+def make_rtx(packet: bytes, *, seq: int, ssrc: int, pt: int, padding: int = 0) -> bytes:
+    """RFC 4588 §4: ``packet`` resent on an RTX stream, its sequence number leading the payload."""
+    off = rtp_payload_offset(packet)
+    header = bytearray(packet[:off])
+    header[0] &= 0xDF
+    header[1] = (header[1] & 0x80) | pt
+    struct.pack_into("!H", header, 2, seq & 0xFFFF)
+    struct.pack_into("!I", header, 8, ssrc)
+    end = len(packet) - (packet[-1] if packet[0] & 0x20 else 0)  # the original's padding stays behind
+    body = packet[2:4] + packet[off:end]
+    if padding:
+        header[0] |= 0x20
+        body += bytes(padding - 1) + struct.pack("!B", padding)
+    return bytes(header) + body
+
+
+def make_stun_binding_request(transaction_id: bytes = b"\x01" * 12) -> bytes:
+    """A STUN binding request header with no attributes (RFC 8489 §5): first byte 0."""
+    return struct.pack("!HHI", 0x0001, 0, 0x2112A442) + transaction_id
+
+
+def make_dtls_record(content_type: int = 22, body: bytes = b"\x01\x00\x00\x00") -> bytes:
+    """A DTLS 1.2 record header and body (RFC 6347 §4.1): first byte 20..63."""
+    return struct.pack("!BHHIHH", content_type, 0xFEFD, 0, 0, 0, len(body)) + body
