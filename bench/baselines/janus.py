@@ -283,3 +283,8 @@ class VideoRoomClient:
         answer = await answer_for(event["jsep"]["sdp"])
         await self._message(handle, {"request": "start"}, jsep={"type": "answer", "sdp": answer})
         return handle
+
+    async def detach(self, handle: int) -> None:
+        """End one peer: Janus tears down its PeerConnection with the handle."""
+        self._waiters.pop(handle, None)
+        await self._post(f"{self.api}/{self.session_id}/{handle}", {"janus": "detach"})

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench.fanout`` and friends (see bench/README.md)."""

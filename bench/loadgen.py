@@ -1,0 +1,830 @@
+"""Light load generator: one synthetic publisher and many raw DTLS-SRTP viewers in one process.
+
+Every peer is a plain non-blocking UDP socket with just enough WebRTC: our own
+ICE checks (and answers to the server's, for full-ICE servers), a DTLS client
+(``sfu.shard.dtls.DtlsEndpoint``) and libsrtp (``sfu.shard.srtp.SrtpSession``).
+No WebRTC stack runs per viewer, so one core can drain a few hundred thousand
+packets a second, which is what a shard worth measuring sends.
+
+Why it is built the way it is:
+
+- The publisher loops a real VP8 GOP and real Opus (``bench/clip.py``),
+  packetized as libwebrtc would (~1,150-byte payloads, marker on a frame's
+  last packet, VP8 descriptor with S bit and a 15-bit picture id) and paced at
+  2.5x the media rate as libwebrtc's pacer does. A PLI/FIR restarts the GOP,
+  so a joining viewer gets its keyframe as it would from a browser.
+- Each packet carries, at a fixed place in its payload, the CLOCK_MONOTONIC
+  send time (8 bytes) and the stream's packet count (4 bytes); an SFU forwards
+  payloads unchanged, so a viewer that decrypts the packet reads them back.
+  The place is 10 bytes after the 4-byte VP8 descriptor (the VP8 payload
+  header, which keyframe detection reads, stays intact) and the start of the
+  Opus payload.
+- Viewers do not decrypt everything: the RTP header is in clear, so loss is
+  counted from the sequence numbers of every packet (an SFU rewrites them, but
+  into one gap-free series per consumer), and one packet in ``sample_every``
+  is decrypted to prove the keys work, check the order against the embedded
+  count, and give a latency sample.
+- Latency samples use the kernel's receive timestamp (SO_TIMESTAMPNS), taken
+  when the server's ``sendto`` hands the datagram to loopback, so they measure
+  the server's send time and not how late this process got round to reading.
+- Sockets are drained in sweeps every few milliseconds (one epoll call, then
+  ``recv_into`` until EAGAIN on each ready socket): batching several packets
+  per socket per sweep halves the cost per packet compared with waking per
+  datagram.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import random
+import secrets
+import select
+import socket
+import struct
+import time
+from typing import Any
+
+import pylibsrtp
+from aioice import stun
+
+from sfu.shard.dtls import DtlsCertificate, DtlsEndpoint
+from sfu.shard.srtp import SrtpSession
+
+from . import procfs
+from .clip import AUDIO_FRAME_MS, FPS, Clip
+from .sdp import AUDIO_MID, AUDIO_PT, EXT_ABS_SEND_TIME_ID, EXT_MID_ID, VIDEO_MID, VIDEO_PT, LocalPeer, RemotePeer
+from .targets import Target
+
+SO_TIMESTAMPNS = 35  # Linux; the socket module has no constant for it
+TIMESPEC = struct.Struct("@qq")
+STAMP = struct.Struct("!QI")  # send time (CLOCK_MONOTONIC ns), stream packet count
+RTP_FIXED = struct.Struct("!BBHII")
+VP8_DESCRIPTOR_BYTES = 4  # X=1, I=1 with a 15-bit picture id
+VP8_STAMP_OFFSET = VP8_DESCRIPTOR_BYTES + 10  # after the frame tag + keyframe start code + size
+OPUS_STAMP_OFFSET = 0
+MAX_VP8_CHUNK = 1146  # + descriptor = 1,150-byte payloads, ~1,190 bytes on the wire
+PACING_FACTOR = 2.5  # libwebrtc's pacer sends at 2.5x the target bitrate
+PACER_BURST_S = 0.010
+KEYFRAME_REQUEST_MIN_INTERVAL_S = 0.3
+CONSENT_INTERVAL_S = 5.0  # servers close peers silent for 30 s
+SAMPLE_EVERY = 50
+VIEWER_RCVBUF_BYTES = 1 << 19
+DRAIN_INTERVAL_S = 0.003
+CONNECT_TIMEOUT_S = 15.0
+
+
+TOTALS = ("video", "audio", "lost", "late", "frames", "rtcp", "other", "decrypted", "decrypt_failures",
+          "misordered")
+
+
+class ConnectError(Exception):
+    pass
+
+
+def rtp_payload_offset(packet: bytes) -> int:
+    """Header length: fixed part, CSRCs, and the extension block if X is set."""
+    offset = 12 + 4 * (packet[0] & 0x0F)
+    if packet[0] & 0x10:
+        offset += 4 + 4 * int.from_bytes(packet[offset + 2:offset + 4], "big")
+    return offset
+
+
+def vp8_keyframe_start(payload: bytes) -> bool:
+    """First packet of a VP8 keyframe: S=1, partition 0, and P=0 in the VP8 payload header."""
+    b0 = payload[0]
+    if not b0 & 0x10 or b0 & 0x0F:
+        return False
+    i = 1
+    if b0 & 0x80:
+        x = payload[1]
+        i = 2
+        if x & 0x80:
+            i += 2 if payload[i] & 0x80 else 1
+        if x & 0x40:
+            i += 1
+        if x & 0x30:
+            i += 1
+    return len(payload) > i and not payload[i] & 0x01
+
+
+def rtcp_requests_keyframe(packet: bytes) -> bool:
+    """A PLI or FIR anywhere in a compound RTCP packet."""
+    offset = 0
+    while offset + 4 <= len(packet):
+        if packet[offset + 1] == 206 and packet[offset] & 0x1F in (1, 4):
+            return True
+        offset += 4 * (int.from_bytes(packet[offset + 2:offset + 4], "big") + 1)
+    return False
+
+
+def realtime_minus_monotonic_ns() -> int:
+    """Offset to turn kernel receive timestamps (CLOCK_REALTIME) into CLOCK_MONOTONIC.
+
+    The tightest of a few bracketing reads; NTP slew over a run is far below a microsecond.
+    """
+    best = None
+    for _ in range(5):
+        a = time.monotonic_ns()
+        r = time.clock_gettime_ns(time.CLOCK_REALTIME)
+        b = time.monotonic_ns()
+        if best is None or b - a < best[0]:
+            best = (b - a, r - (a + b) // 2)
+    assert best is not None
+    return best[1]
+
+
+class RawPeer:
+    """A UDP socket (127.0.0.1, or our end of Janus's veth) with our ICE credentials, a DTLS client,
+    and SRTP keys once connected."""
+
+    def __init__(self, certificate: DtlsCertificate, context: Any, *, host: str = "127.0.0.1",
+                 rcvbuf: int = VIEWER_RCVBUF_BYTES, timestamps: bool = False) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if timestamps:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.host = host
+        self.sock.bind((host, 0))
+        self.sock.setblocking(False)
+        self.fd = self.sock.fileno()
+        self.port = self.sock.getsockname()[1]
+        self.ufrag = secrets.token_hex(4)
+        self.pwd = secrets.token_hex(16)
+        self.tiebreaker = random.getrandbits(63)
+        self.certificate = certificate
+        self.context = context
+        self.remote: RemotePeer | None = None
+        self.dtls: DtlsEndpoint | None = None
+        self.srtp: SrtpSession | None = None
+
+    def local_peer(self, direction: str, **ssrcs: int) -> LocalPeer:
+        return LocalPeer(direction=direction, ice_ufrag=self.ufrag, ice_pwd=self.pwd,
+                         fingerprint_sha256=self.certificate.fingerprint_sha256, port=self.port, host=self.host,
+                         **ssrcs)
+
+    def send_check(self) -> None:
+        """A connectivity (or consent) check, as the controlling agent: we are always the offerer."""
+        remote = self.remote
+        assert remote is not None
+        request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+        request.attributes["USERNAME"] = f"{remote.ice_ufrag}:{self.ufrag}"
+        request.attributes["PRIORITY"] = 0x6E0001FF
+        request.attributes["ICE-CONTROLLING"] = self.tiebreaker
+        request.attributes["USE-CANDIDATE"] = None
+        request.add_message_integrity(remote.ice_pwd.encode())
+        try:
+            self.sock.sendto(bytes(request), remote.address)
+        except OSError:
+            pass
+
+    def on_stun(self, data: bytes, addr: tuple[str, int]) -> bool:
+        """Answer a server's check (full ICE, consent); return True for a success response to ours."""
+        try:
+            message = stun.parse_message(data)
+        except Exception:  # aioice raises several types on junk
+            return False
+        if message.message_method != stun.Method.BINDING:
+            return False
+        if message.message_class == stun.Class.RESPONSE:
+            return True
+        if message.message_class != stun.Class.REQUEST:
+            return False
+        username = message.attributes.get("USERNAME", "")
+        if not (isinstance(username, str) and username.startswith(self.ufrag + ":")
+                and message.check_message_integrity(self.pwd.encode())):
+            return False
+        response = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, transaction_id=message.transaction_id)
+        response.attributes["XOR-MAPPED-ADDRESS"] = addr
+        response.add_message_integrity(self.pwd.encode())
+        try:
+            self.sock.sendto(bytes(response), addr)
+        except OSError:
+            pass
+        return False
+
+    def _send_all(self, datagrams: list[bytes]) -> None:
+        assert self.remote is not None
+        for d in datagrams:
+            try:
+                self.sock.sendto(d, self.remote.address)
+            except OSError:
+                pass
+
+    async def connect(self, remote: RemotePeer, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        """ICE, then DTLS. Media that follows the handshake stays queued in the socket for the drain."""
+        loop = asyncio.get_running_loop()
+        self.remote = remote
+        dtls = self.dtls = DtlsEndpoint(self.certificate, remote.dtls_role, remote.fingerprint, self.context)
+        done: asyncio.Future[None] = loop.create_future()
+        ice_ok = False
+        # Our first DTLS flight, resent on a short timer until the server answers: some
+        # servers (Janus) drop a ClientHello that races their own ICE state change, and
+        # OpenSSL would wait a full second to retransmit where libwebrtc waits ~50 ms.
+        first_flight: list[bytes] = []
+        dtls_heard = False
+
+        def on_readable() -> None:
+            nonlocal ice_ok, dtls_heard
+            for _ in range(64):
+                try:
+                    data, addr = self.sock.recvfrom(4096)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    continue  # an ICMP error queued on the socket
+                if not data or done.done():
+                    return
+                first = data[0]
+                if first < 4:
+                    if self.on_stun(data, addr) and not ice_ok:
+                        ice_ok = True
+                        first_flight.extend(dtls.start())
+                        self._send_all(first_flight)
+                elif 20 <= first < 64:
+                    dtls_heard = True
+                    self._send_all(dtls.receive(data))
+                    if dtls.state == "connected":
+                        done.set_result(None)
+                        return
+                    if dtls.state in ("failed", "closed"):
+                        done.set_exception(ConnectError(f"DTLS {dtls.state}: {dtls.error}"))
+                        return
+                # SRTP before our handshake finished cannot be decrypted yet: dropped.
+
+        loop.add_reader(self.fd, on_readable)
+        try:
+            deadline = loop.time() + timeout_s
+            next_check = 0.0
+            flight_wait = 0.05
+            next_flight = loop.time() + flight_wait
+            while not done.done():
+                now = loop.time()
+                if now > deadline:
+                    raise ConnectError(f"no {'DTLS' if ice_ok else 'ICE'} connection in {timeout_s:.0f} s")
+                # Full-ICE servers need our nominating check after theirs succeeded: keep sending.
+                if now >= next_check and (not ice_ok or not remote.ice_lite):
+                    self.send_check()
+                    next_check = now + (0.1 if not ice_ok else 0.3)
+                if first_flight and not dtls_heard and now >= next_flight and flight_wait < 0.5:
+                    self._send_all(first_flight)
+                    flight_wait *= 2
+                    next_flight = now + flight_wait
+                if dtls.state == "connecting":
+                    wait = dtls.next_timeout_s()
+                    if wait is not None and wait <= 0:
+                        self._send_all(dtls.handle_timeout())
+                await asyncio.wait([done], timeout=0.02)
+        finally:
+            loop.remove_reader(self.fd)
+        done.result()
+        assert dtls.srtp_keys is not None
+        self.srtp = SrtpSession(dtls.srtp_keys)
+
+    def on_control(self, data: bytes, addr: tuple[str, int] | None = None) -> None:
+        """STUN and late DTLS after the handshake (a retransmitted flight, close_notify)."""
+        first = data[0]
+        if first < 4:
+            assert self.remote is not None
+            self.on_stun(data, addr or self.remote.address)
+        elif 20 <= first < 64 and self.dtls is not None:
+            self._send_all(self.dtls.receive(data))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _Stream:
+    """One outgoing RTP stream of the publisher."""
+
+    def __init__(self, pt: int, ssrc: int, mid: str, clock_rate: int) -> None:
+        self.pt = pt
+        self.ssrc = ssrc
+        self.seq = random.getrandbits(16)
+        self.ts = random.getrandbits(32)
+        self.count = 0  # packets sent: the 4-byte sequence in the stamp
+        self.clock_rate = clock_rate
+        # One-byte header extensions: mid, abs-send-time (filled per packet), 2 bytes of padding.
+        self.ext_prefix = (b"\xbe\xde\x00\x02" + bytes([EXT_MID_ID << 4 | (len(mid) - 1)]) + mid.encode()
+                           + bytes([EXT_ABS_SEND_TIME_ID << 4 | 2]))
+
+
+class Publisher(RawPeer):
+    """The synthetic publisher: loops the clip in real time, paced, answering PLI with a keyframe."""
+
+    def __init__(self, clip: Clip, certificate: DtlsCertificate, context: Any, *, stamps: bool,
+                 host: str = "127.0.0.1") -> None:
+        super().__init__(certificate, context, host=host, rcvbuf=1 << 20)
+        self.stamps = stamps
+        self.audio = _Stream(AUDIO_PT, random.getrandbits(32) or 1, AUDIO_MID, 48000)
+        self.video = _Stream(VIDEO_PT, random.getrandbits(32) or 2, VIDEO_MID, 90000)
+        self.rtx_ssrc = random.getrandbits(32) or 3
+        self.video_frames = [self._packetize(frame) for frame in clip.video_frames]
+        self.audio_frames = [bytearray(frame) for frame in clip.audio_frames]
+        self.video_bitrate_bps = clip.video_bitrate_bps
+        self._frame_index = 0
+        self._audio_index = 0
+        self._picture_id = random.getrandbits(15)
+        self._queue: collections.deque[tuple[bytearray, bool, int]] = collections.deque()
+        self._keyframe_requested = False
+        self._last_keyframe_request = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self.paused = False  # the benchmark pauses the source to let a server drain its backlog
+        self.started_at = 0.0
+        self.keyframes_sent = 0
+        self.keyframe_requests = 0
+        self.bytes_sent = 0
+
+    @staticmethod
+    def _packetize(frame: bytes) -> list[bytearray]:
+        """RFC 7741 payloads of balanced size; picture id patched in at send time."""
+        count = -(-len(frame) // MAX_VP8_CHUNK)
+        size = -(-len(frame) // count)
+        return [bytearray([0x90 if i == 0 else 0x80, 0x80, 0x80, 0x00]) + frame[i * size:(i + 1) * size]
+                for i in range(count)]
+
+    async def start(self, target: Target, room: str) -> None:
+        local = self.local_peer("sendonly", audio_ssrc=self.audio.ssrc, video_ssrc=self.video.ssrc,
+                                rtx_ssrc=self.rtx_ssrc)
+        remote = await target.publish(room, local)
+        self.audio.pt = remote.audio_pt or AUDIO_PT
+        self.video.pt = remote.video_pt or VIDEO_PT
+        await self.connect(remote)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.fd, self._on_readable)
+        self._task = loop.create_task(self._run())
+
+    def packets_sent(self) -> int:
+        return self.audio.count + self.video.count
+
+    @property
+    def nominal_pps(self) -> float:
+        """Packets per second the clip makes when looped untouched (video + audio)."""
+        video = sum(map(len, self.video_frames)) * FPS / len(self.video_frames)
+        return video + 1000 / AUDIO_FRAME_MS
+
+    def _send(self, stream: _Stream, payload: bytearray, marker: bool, ts: int, stamp_offset: int) -> int:
+        now = time.monotonic_ns()
+        if self.stamps and len(payload) >= stamp_offset + STAMP.size:
+            STAMP.pack_into(payload, stamp_offset, now, stream.count & 0xFFFFFFFF)
+        abs_send_time = ((now << 18) // 1_000_000_000) & 0xFFFFFF
+        packet = (RTP_FIXED.pack(0x90, (0x80 if marker else 0) | stream.pt, stream.seq, ts, stream.ssrc)
+                  + stream.ext_prefix + abs_send_time.to_bytes(3, "big") + b"\x00\x00" + payload)
+        stream.seq = (stream.seq + 1) & 0xFFFF
+        stream.count += 1
+        assert self.srtp is not None and self.remote is not None
+        data = self.srtp.protect(packet)
+        try:
+            self.sock.sendto(data, self.remote.address)
+        except OSError:
+            pass
+        self.bytes_sent += len(data)
+        return len(data)
+
+    def _send_audio(self) -> None:
+        payload = self.audio_frames[self._audio_index]
+        self._audio_index = (self._audio_index + 1) % len(self.audio_frames)
+        self._send(self.audio, payload, False, self.audio.ts, OPUS_STAMP_OFFSET)
+        self.audio.ts = (self.audio.ts + 48000 * AUDIO_FRAME_MS // 1000) & 0xFFFFFFFF
+
+    def _queue_frame(self) -> None:
+        if self._keyframe_requested:
+            self._keyframe_requested = False
+            self._frame_index = 0
+        if self._frame_index == 0:
+            self.keyframes_sent += 1
+        packets = self.video_frames[self._frame_index]
+        self._frame_index = (self._frame_index + 1) % len(self.video_frames)
+        pid = self._picture_id
+        self._picture_id = (pid + 1) & 0x7FFF
+        for i, payload in enumerate(packets):
+            payload[2] = 0x80 | pid >> 8
+            payload[3] = pid & 0xFF
+            self._queue.append((payload, i == len(packets) - 1, self.video.ts))
+        self.video.ts = (self.video.ts + 90000 // FPS) & 0xFFFFFFFF
+
+    async def _run(self) -> None:
+        clock = time.monotonic
+        rate_bytes_s = PACING_FACTOR * self.video_bitrate_bps / 8
+        self.started_at = now = clock()
+        next_audio = next_video = last = now
+        budget = 0.0
+        queue = self._queue
+        while True:
+            if self.paused:
+                await asyncio.sleep(0.01)
+                next_audio = next_video = last = clock()
+                budget = 0.0
+                continue
+            now = clock()
+            if now - next_audio > 0.5:  # after a long stall, resume rather than burst
+                next_audio = next_video = now
+            while now >= next_audio:
+                self._send_audio()
+                next_audio += AUDIO_FRAME_MS / 1000
+            while now >= next_video:
+                self._queue_frame()
+                next_video += 1 / FPS
+            budget = min(budget + (now - last) * rate_bytes_s, rate_bytes_s * PACER_BURST_S)
+            last = now
+            while queue and budget > 0:
+                payload, marker, ts = queue.popleft()
+                budget -= self._send(self.video, payload, marker, ts, VP8_STAMP_OFFSET)
+            wake = now + 0.002 if queue else min(next_audio, next_video)
+            await asyncio.sleep(max(0.0, wake - clock()))
+
+    def _on_readable(self) -> None:
+        """RTCP from the server (PLI/FIR restart the GOP; RR and REMB are ignored), STUN, DTLS."""
+        for _ in range(64):
+            try:
+                data, addr = self.sock.recvfrom(4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue
+            if not data:
+                continue
+            if 128 <= data[0] < 192 and len(data) > 1 and 192 <= data[1] <= 223:
+                assert self.srtp is not None
+                try:
+                    plain = self.srtp.unprotect_rtcp(data)
+                except pylibsrtp.Error:
+                    continue
+                if rtcp_requests_keyframe(plain):
+                    self.keyframe_requests += 1
+                    now = time.monotonic()
+                    if now - self._last_keyframe_request >= KEYFRAME_REQUEST_MIN_INTERVAL_S:
+                        self._last_keyframe_request = now
+                        self._keyframe_requested = True
+            else:
+                self.on_control(data, addr)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        try:
+            asyncio.get_running_loop().remove_reader(self.fd)
+        except (ValueError, OSError):
+            pass
+        self.close()
+
+
+class Viewer(RawPeer):
+    """One WHEP viewer: counts every packet from its header, decrypts a sample."""
+
+    def __init__(self, certificate: DtlsCertificate, context: Any, *, stamps: bool, sample_every: int,
+                 host: str = "127.0.0.1") -> None:
+        super().__init__(certificate, context, host=host, timestamps=True)
+        self.stamps = stamps
+        self.sample_every = sample_every
+        self.video_pt = VIDEO_PT
+        self.audio_pt = AUDIO_PT
+        # Cumulative counters, read by the window accounting.
+        self.video = self.audio = self.lost = self.late = self.frames = 0
+        self.rtcp = self.other = self.decrypted = self.decrypt_failures = self.misordered = 0
+        self._next_video = self._next_audio = -1
+        self._countdown = random.randint(1, sample_every)
+        self._seq_delta: list[int | None] = [None, None]  # per stream (video, audio): rtp seq - stamp count
+        self._last_count = [-1, -1]
+        # First-frame probe: decrypt every video packet until the first keyframe packet.
+        self.watch_keyframe = False
+        self.joined_ns = 0
+        self.first_frame_ns = 0
+
+    def set_remote_payload_types(self) -> None:
+        assert self.remote is not None
+        self.video_pt = self.remote.video_pt if self.remote.video_pt is not None else VIDEO_PT
+        self.audio_pt = self.remote.audio_pt if self.remote.audio_pt is not None else AUDIO_PT
+
+    def drain(self, buf: bytearray, bufs: list[bytearray], latency_ns: list[int], clock_offset_ns: int) -> None:
+        """Read everything queued on the socket. The hot loop: locals only; per packet it reads
+        four header bytes, and decrypts only the sampled ones."""
+        recv_into = self.sock.recv_into
+        recvmsg_into = self.sock.recvmsg_into
+        vpt, apt = self.video_pt, self.audio_pt
+        next_video, next_audio = self._next_video, self._next_audio
+        video = audio = lost = late = frames = 0
+        countdown = self._countdown
+        watch = self.watch_keyframe
+        try:
+            while True:
+                arrival_ns = 0
+                if countdown > 0:
+                    try:
+                        n = recv_into(buf)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        continue
+                else:
+                    try:
+                        n, ancillary, _, _ = recvmsg_into(bufs, 64)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        continue
+                    for _level, kind, data in ancillary:
+                        if kind == SO_TIMESTAMPNS:
+                            sec, nsec = TIMESPEC.unpack_from(data)
+                            arrival_ns = sec * 1_000_000_000 + nsec - clock_offset_ns
+                if n < 12:
+                    continue
+                b1 = buf[1]
+                if buf[0] & 0xC0 != 0x80 or 192 <= b1 <= 223:
+                    if buf[0] & 0xC0 == 0x80:
+                        self.rtcp += 1
+                    else:
+                        self.on_control(bytes(buf[:n]))
+                    continue
+                pt = b1 & 0x7F
+                seq = buf[2] << 8 | buf[3]
+                first = False
+                if pt == vpt:
+                    first = next_video < 0
+                    if seq != next_video and not first:
+                        gap = (seq - next_video) & 0xFFFF
+                        if gap >= 0x8000:
+                            late += 1
+                            continue
+                        lost += gap
+                    next_video = (seq + 1) & 0xFFFF
+                    video += 1
+                    if b1 & 0x80:
+                        frames += 1
+                elif pt == apt:
+                    first = next_audio < 0
+                    if seq != next_audio and not first:
+                        gap = (seq - next_audio) & 0xFFFF
+                        if gap >= 0x8000:
+                            late += 1
+                            continue
+                        lost += gap
+                    next_audio = (seq + 1) & 0xFFFF
+                    audio += 1
+                else:
+                    self.other += 1
+                    continue
+                countdown -= 1
+                # A stream's first packet is always decrypted: libsrtp takes the rollover
+                # counter to be 0 at the first packet it sees, so starting mid-stream after
+                # a sequence wrap would fail every later sample of that stream.
+                if arrival_ns or first or (watch and pt == vpt):
+                    self._inspect(bytes(buf[:n]), pt == vpt, seq, arrival_ns, latency_ns)
+                    watch = self.watch_keyframe
+                    if arrival_ns:
+                        countdown = self.sample_every
+        finally:
+            self._next_video, self._next_audio = next_video, next_audio
+            self._countdown = countdown
+            self.video += video
+            self.audio += audio
+            self.lost += lost
+            self.late += late
+            self.frames += frames
+
+    def _inspect(self, data: bytes, is_video: bool, seq: int, arrival_ns: int, latency_ns: list[int]) -> None:
+        """Decrypt one packet: check the keys, the order, read the stamp; spot a probe's first keyframe."""
+        assert self.srtp is not None
+        try:
+            plain = self.srtp.unprotect(data)
+        except pylibsrtp.Error:
+            self.decrypt_failures += 1
+            return
+        self.decrypted += 1
+        offset = rtp_payload_offset(plain)
+        if self.watch_keyframe and is_video and len(plain) > offset and vp8_keyframe_start(plain[offset:]):
+            self.first_frame_ns = time.monotonic_ns()
+            self.watch_keyframe = False
+        if not (arrival_ns and self.stamps):
+            return
+        offset += VP8_STAMP_OFFSET if is_video else OPUS_STAMP_OFFSET
+        if len(plain) < offset + STAMP.size:
+            return
+        sent_ns, count = STAMP.unpack_from(plain, offset)
+        latency_ns.append(arrival_ns - sent_ns)
+        # An SFU shifts each stream's sequence numbers by a constant and never reorders.
+        stream = 0 if is_video else 1
+        delta = (seq - count) & 0xFFFF
+        if self._seq_delta[stream] is None:
+            self._seq_delta[stream] = delta
+        elif delta != self._seq_delta[stream] or count <= self._last_count[stream]:
+            self.misordered += 1
+        self._last_count[stream] = count
+
+
+class LoadGen:
+    """The publisher, the viewers, the drain sweep and the consent timer, on one event loop."""
+
+    def __init__(self, target: Target, clip: Clip, *, room: str = "fanout", sample_every: int = SAMPLE_EVERY,
+                 join_concurrency: int = 16) -> None:
+        self.target = target
+        self.clip = clip
+        self.room = room
+        self.sample_every = sample_every
+        self.join_concurrency = join_concurrency
+        self.certificate = DtlsCertificate.generate()  # one for all peers: the fingerprint is per offer anyway
+        self.context = self.certificate.context()
+        self.publisher = Publisher(clip, self.certificate, self.context, stamps=target.stamps_survive,
+                                   host=target.peer_host)
+        self.viewers: list[Viewer] = []
+        self._by_fd: dict[int, Viewer] = {}
+        self._epoll = select.epoll()
+        self._buf = bytearray(4096)
+        self._bufs = [self._buf]
+        self.latency_ns: list[int] = []
+        self.clock_offset_ns = realtime_minus_monotonic_ns()
+        self.join_failures = 0
+        self.join_errors: collections.Counter[str] = collections.Counter()
+        self._retired: collections.Counter[str] = collections.Counter()  # counters of viewers that left
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.publisher.start(self.target, self.room)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._drain_forever()), loop.create_task(self._housekeeping())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.remove_viewers(len(self.viewers))
+        await self.publisher.stop()
+        if self.publisher.remote is not None:
+            await self.target.end_session(self.publisher.remote)
+        self._epoll.close()
+
+    # --- viewers -----------------------------------------------------------------------
+
+    async def _join(self, *, probe: bool = False) -> Viewer | None:
+        viewer = Viewer(self.certificate, self.context, stamps=self.target.stamps_survive,
+                        sample_every=self.sample_every, host=self.target.peer_host)
+        viewer.joined_ns = time.monotonic_ns()
+        try:
+            remote = await self.target.subscribe(self.room, viewer.local_peer("recvonly"))
+            viewer.remote = remote
+            viewer.set_remote_payload_types()
+            viewer.watch_keyframe = probe
+            await viewer.connect(remote)
+        except Exception as exc:
+            self.join_failures += 1
+            self.join_errors[f"{type(exc).__name__}: {str(exc)[:120]}"] += 1
+            if viewer.remote is not None:
+                await self.target.end_session(viewer.remote)
+            viewer.close()
+            return None
+        self.viewers.append(viewer)
+        self._by_fd[viewer.fd] = viewer
+        self._epoll.register(viewer.fd, select.EPOLLIN)
+        return viewer
+
+    async def add_viewers(self, count: int) -> int:
+        """Join ``count`` viewers, ``join_concurrency`` at a time; return how many made it."""
+        gate = asyncio.Semaphore(self.join_concurrency)
+
+        async def one() -> Viewer | None:
+            async with gate:
+                return await self._join()
+
+        joined = await asyncio.gather(*(one() for _ in range(count)))
+        return sum(v is not None for v in joined)
+
+    async def _remove(self, gone: list[Viewer]) -> None:
+        for viewer in gone:
+            if self._by_fd.pop(viewer.fd, None) is not None:
+                self._epoll.unregister(viewer.fd)
+        # End the sessions before closing sockets: the server would otherwise keep sending
+        # into closed ports until consent expires.
+        await asyncio.gather(*(self.target.end_session(v.remote) for v in gone if v.remote is not None))
+        for viewer in gone:
+            viewer.close()
+            for key in TOTALS:
+                self._retired[key] += getattr(viewer, key)
+
+    async def remove_viewers(self, count: int) -> None:
+        """Remove the newest ``count`` viewers."""
+        if count <= 0:
+            return
+        gone = self.viewers[-count:]
+        del self.viewers[-count:]
+        await self._remove(gone)
+
+    async def first_frame_ms(self, timeout_s: float = 5.0) -> float | None:
+        """One joining viewer: WHEP POST to the first decrypted packet of a keyframe, then it leaves."""
+        viewer = await self._join(probe=True)
+        if viewer is None:
+            return None
+        deadline = time.monotonic() + timeout_s
+        while viewer.first_frame_ns == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        self.viewers.remove(viewer)
+        await self._remove([viewer])
+        if viewer.first_frame_ns == 0:
+            return None
+        return (viewer.first_frame_ns - viewer.joined_ns) / 1e6
+
+    # --- loops -------------------------------------------------------------------------
+
+    async def _drain_forever(self) -> None:
+        poll = self._epoll.poll
+        by_fd = self._by_fd
+        buf, bufs, latency = self._buf, self._bufs, self.latency_ns
+        while True:
+            offset = self.clock_offset_ns
+            for fd, _ in poll(0, len(by_fd) + 1):
+                viewer = by_fd.get(fd)
+                if viewer is not None:
+                    viewer.drain(buf, bufs, latency, offset)
+            await asyncio.sleep(DRAIN_INTERVAL_S)
+
+    async def _housekeeping(self) -> None:
+        """Consent checks (each viewer every CONSENT_INTERVAL_S, spread out) and the clock offset."""
+        tick = 0
+        slots = int(CONSENT_INTERVAL_S)
+        while True:
+            await asyncio.sleep(1.0)
+            tick += 1
+            self.clock_offset_ns = realtime_minus_monotonic_ns()
+            for i, viewer in enumerate(self.viewers):
+                if i % slots == tick % slots:
+                    viewer.send_check()
+            if tick % slots == 0:
+                self.publisher.send_check()
+
+    # --- accounting --------------------------------------------------------------------
+
+    def ports(self) -> set[int]:
+        return {v.port for v in self.viewers}
+
+    def counters(self) -> dict[int, tuple[int, int, int, int, int, int]]:
+        """Per viewer (by fd): video, audio, lost, late, video frames, decrypt failures, cumulative."""
+        return {v.fd: (v.video, v.audio, v.lost, v.late, v.frames, v.decrypt_failures) for v in self.viewers}
+
+    def totals(self) -> dict[str, int]:
+        """Counters summed over every viewer of the run, those that already left included."""
+        return {k: self._retired[k] + sum(getattr(v, k) for v in self.viewers) for k in TOTALS}
+
+
+# --- standalone use --------------------------------------------------------------------
+
+
+async def _main(args: argparse.Namespace) -> None:
+    from .clip import build_clip
+    from .targets import WhipWhepTarget
+
+    clip = build_clip()
+    target = WhipWhepTarget(args.url)
+    target.stamps_survive = not args.reencoding
+    target.ice_lite = not args.reencoding
+    await target.start()
+    gen = LoadGen(target, clip, room=args.room)
+    try:
+        await gen.start()
+        joined = await gen.add_viewers(args.viewers)
+        print(f"publisher connected; {joined}/{args.viewers} viewers joined "
+              f"({gen.join_failures} failures: {dict(gen.join_errors)})")
+        for _ in range(int(args.seconds)):
+            before = gen.totals()
+            drops0 = procfs.udp_drops(gen.ports())
+            sent0, cpu0 = gen.publisher.packets_sent(), procfs.cpu_seconds(os.getpid())
+            await asyncio.sleep(1.0)
+            after = gen.totals()
+            sent, cpu = gen.publisher.packets_sent() - sent0, procfs.cpu_seconds(os.getpid()) - cpu0
+            delta = {k: after[k] - before[k] for k in after}
+            received = delta["video"] + delta["audio"]
+            loss = delta["lost"] / max(1, received + delta["lost"])
+            lat = sorted(gen.latency_ns)
+            gen.latency_ns.clear()
+            p50 = f"{lat[len(lat) // 2] / 1e6:.2f}" if lat else "-"
+            print(f"published {sent} pkt/s, generator CPU {100 * cpu:3.0f} %  received {received:7d} pkt/s  loss {100 * loss:5.2f} %  frames/viewer {delta['frames'] / max(1, joined):5.1f}"
+                  f"  p50 latency {p50} ms  socket drops {procfs.udp_drops(gen.ports()) - drops0}"
+                  f"  decrypt failures {after['decrypt_failures']}  misordered {after['misordered']}")
+    finally:
+        await gen.close()
+        await target.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.loadgen",
+                                     description="Publish a synthetic stream and watch it with N raw viewers")
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="server with /whip and /whep")
+    parser.add_argument("--room", default="fanout")
+    parser.add_argument("--viewers", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--reencoding", action="store_true",
+                        help="the server re-encodes (aiortc): do not read payload stamps")
+    args = parser.parse_args()
+    if not args.url.startswith(("http://127.0.0.1", "http://localhost")):
+        parser.error("the load generator only talks to 127.0.0.1")
+    import uvloop
+
+    uvloop.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()
