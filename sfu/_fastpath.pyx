@@ -400,11 +400,16 @@ cdef struct Hdr:
     int payload_len
     int mid_off
     int mid_len
+    int rid_off
+    int rid_len
+    int rrid_off
+    int rrid_len
     int abs_off
     int level_off
 
 
-cdef int _parse(const uint8_t* p, int n, int id_mid, int id_abs, int id_level, Hdr* h) noexcept nogil:
+cdef int _parse(const uint8_t* p, int n, int id_mid, int id_abs, int id_level, int id_rid, int id_rrid,
+                Hdr* h) noexcept nogil:
     """Fill ``h``; return -1 - drop reason on error. Every read is bounds-checked."""
     cdef int pos, end, padding = 0, two_byte, ext_id, length
     cdef uint32_t profile
@@ -421,8 +426,8 @@ cdef int _parse(const uint8_t* p, int n, int id_mid, int id_abs, int id_level, H
     h.seq = _u16(p + 2)
     h.ts = _u32(p + 4)
     h.ssrc = _u32(p + 8)
-    h.mid_off = h.abs_off = h.level_off = -1
-    h.mid_len = 0
+    h.mid_off = h.abs_off = h.level_off = h.rid_off = h.rrid_off = -1
+    h.mid_len = h.rid_len = h.rrid_len = 0
     if p[0] & 0x10:
         if pos + 4 > n:
             return -1 - D_RTP_TRUNCATED
@@ -454,6 +459,12 @@ cdef int _parse(const uint8_t* p, int n, int id_mid, int id_abs, int id_level, H
                 if ext_id == id_mid and id_mid:
                     h.mid_off = pos
                     h.mid_len = length
+                elif ext_id == id_rid and id_rid:
+                    h.rid_off = pos
+                    h.rid_len = length
+                elif ext_id == id_rrid and id_rrid:
+                    h.rrid_off = pos
+                    h.rrid_len = length
                 elif ext_id == id_abs and id_abs and length == 3:
                     h.abs_off = pos
                 elif ext_id == id_level and id_level and length == 1:
@@ -617,6 +628,8 @@ cdef struct TransportRec:
     int id_mid
     int id_abs
     int id_level
+    int id_rid
+    int id_rrid
     double last_seen
     uint32_t rtcp_ssrc
     uint64_t packets_in
@@ -644,6 +657,8 @@ cdef struct ProducerRec:
     int has_rtx_ssrc
     uint8_t mid[16]
     int mid_len
+    uint8_t rid[16]   # simulcast layer (RFC 8852); empty for a single encoding
+    int rid_len
     # RFC 3550 receive statistics
     int started
     uint32_t base_seq
@@ -916,9 +931,11 @@ cdef class Engine:
         self.srtp_refs[t] = None
         return t
 
-    def set_transport_extensions(self, int t, *, int mid=0, int abs_send_time=0, int audio_level=0):
+    def set_transport_extensions(self, int t, *, int mid=0, int abs_send_time=0, int audio_level=0,
+                                 int rid=0, int repaired_rid=0):
         cdef TransportRec* tr = self._transport(t)
         tr.id_mid, tr.id_abs, tr.id_level = mid, abs_send_time, audio_level
+        tr.id_rid, tr.id_rrid = rid, repaired_rid
 
     def set_transport_address(self, int t, str host, int port):
         """Where the peer is (ICE told us): its datagrams are now recognised, ours go there."""
@@ -979,7 +996,7 @@ cdef class Engine:
     # --- control: producers -----------------------------------------------------------
 
     def add_producer(self, int t, *, bint video, int codec, int payload_type, int clock_rate,
-                     int rtx_payload_type=-1, ssrc=None, rtx_ssrc=None, bytes mid=b"") -> int:
+                     int rtx_payload_type=-1, ssrc=None, rtx_ssrc=None, bytes mid=b"", bytes rid=b"") -> int:
         cdef TransportRec* tr = self._transport(t)
         cdef int p = self._slot(<void**>&self.producers, &self.n_producers, sizeof(ProducerRec))
         cdef ProducerRec* pr = &self.producers[p]
@@ -992,6 +1009,8 @@ cdef class Engine:
         pr.clock_rate = clock_rate
         pr.mid_len = min(len(mid), 16)
         memcpy(pr.mid, <const char*>mid, pr.mid_len)
+        pr.rid_len = min(len(rid), 16)
+        memcpy(pr.rid, <const char*>rid, pr.rid_len)
         pr.last_pli = -1e9
         if video:
             pr.ring = <uint8_t*>malloc(RING * SLOT)
@@ -1232,7 +1251,7 @@ cdef class Engine:
                 self.drops[<int>D_SRTP_UNPROTECT] += 1
                 return
         tr.last_seen = now
-        r = _parse(buf, n, tr.id_mid, tr.id_abs, tr.id_level, &h)
+        r = _parse(buf, n, tr.id_mid, tr.id_abs, tr.id_level, tr.id_rid, tr.id_rrid, &h)
         if r < 0:
             self.drops[-1 - r] += 1
             return
@@ -1287,9 +1306,14 @@ cdef class Engine:
             self._forward(pr.consumers[i], p, buf, &h, key, now, False)
 
     cdef int32_t _learn_ssrc(self, int t, const uint8_t* buf, Hdr* h) except -2:
-        """Bind an unsignalled SSRC to the producer whose mid it carries (RFC 8843 §9.2)."""
+        """Bind an unsignalled SSRC to the producer whose mid (and rid) it carries.
+
+        RFC 8843 §9.2 for the mid; RFC 8852 for simulcast, where the layers share
+        a mid and the rid (or, on RTX, the repaired rid) tells them apart.
+        """
         cdef int p
         cdef ProducerRec* pr
+        cdef bint rtx
         if h.mid_off < 0:
             return -1
         for p in range(self.n_producers):
@@ -1298,10 +1322,17 @@ cdef class Engine:
                 continue
             if memcmp(pr.mid, buf + h.mid_off, h.mid_len) != 0:
                 continue
+            rtx = h.pt == pr.rtx_pt and h.pt != pr.pt
+            if pr.rid_len:
+                if rtx:
+                    if h.rrid_len != pr.rid_len or memcmp(pr.rid, buf + h.rrid_off, h.rrid_len) != 0:
+                        continue
+                elif h.rid_len != pr.rid_len or memcmp(pr.rid, buf + h.rid_off, h.rid_len) != 0:
+                    continue
             if h.pt == pr.pt and not pr.has_ssrc:
                 self._bind_ssrc(p, h.ssrc, False)
                 return p << 1
-            if h.pt == pr.rtx_pt and not pr.has_rtx_ssrc and pr.has_ssrc:
+            if rtx and not pr.has_rtx_ssrc and pr.has_ssrc:
                 self._bind_ssrc(p, h.ssrc, True)
                 return (p << 1) | 1
             return -1
@@ -1478,7 +1509,7 @@ cdef class Engine:
             i = seq % RING
             if pr.ring_seq[i] != seq or _parse(pr.ring + i * SLOT, pr.ring_len[i], self.transports[pr.transport].id_mid,
                                                self.transports[pr.transport].id_abs,
-                                               self.transports[pr.transport].id_level, &h) < 0:
+                                               self.transports[pr.transport].id_level, 0, 0, &h) < 0:
                 self.drops[<int>D_PACER_EXPIRED] += 1
                 continue
             self._forward(c, cr.producer, pr.ring + i * SLOT, &h, False, now, True)
@@ -1619,7 +1650,8 @@ cdef class Engine:
             return
         i = src % RING
         pt = &self.transports[pr.transport]
-        if pr.ring_seq[i] != src or _parse(pr.ring + i * SLOT, pr.ring_len[i], pt.id_mid, pt.id_abs, pt.id_level, &h) < 0:
+        if pr.ring_seq[i] != src or _parse(pr.ring + i * SLOT, pr.ring_len[i], pt.id_mid, pt.id_abs, pt.id_level, 0, 0,
+                                           &h) < 0:
             self.drops[<int>D_NACK_NOT_IN_BUFFER] += 1
             return
         o = self._out_slot()

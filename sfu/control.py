@@ -57,9 +57,10 @@ class Produce(Struct):
     payload_type: int
     clock_rate: int
     rtx_payload_type: int | None = None
-    ssrc: int | None = None  # None: learnt from the first packet carrying our mid
+    ssrc: int | None = None  # None: learnt from the first packet carrying our mid (and rid)
     rtx_ssrc: int | None = None
     extensions: dict[str, int] = {}
+    rid: str = ""  # one simulcast layer of the m-line (RFC 8853), or "" for a single encoding
 
 
 class Consume(Struct):

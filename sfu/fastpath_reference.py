@@ -294,10 +294,11 @@ class _Hdr:
     """One parsed RTP header: offsets into the datagram (the C ``Hdr``)."""
 
     __slots__ = ("pt", "marker", "seq", "ts", "ssrc", "cc", "payload_off", "payload_len",
-                 "mid_off", "mid_len", "abs_off", "level_off")
+                 "mid_off", "mid_len", "rid_off", "rid_len", "rrid_off", "rrid_len", "abs_off", "level_off")
 
 
-def _parse(p: bytes | bytearray, n: int, id_mid: int, id_abs: int, id_level: int) -> _Hdr | int:
+def _parse(p: bytes | bytearray, n: int, id_mid: int, id_abs: int, id_level: int,
+           id_rid: int = 0, id_rrid: int = 0) -> _Hdr | int:
     """The header of ``p[:n]``, or the index of the drop reason."""
     if n < 12:
         return D_RTP_TRUNCATED
@@ -312,8 +313,8 @@ def _parse(p: bytes | bytearray, n: int, id_mid: int, id_abs: int, id_level: int
     h.pt = p[1] & 0x7F
     h.marker = p[1] >> 7
     h.seq, h.ts, h.ssrc = _SEQ_TS_SSRC.unpack_from(p, 2)
-    h.mid_off = h.abs_off = h.level_off = -1
-    h.mid_len = 0
+    h.mid_off = h.abs_off = h.level_off = h.rid_off = h.rrid_off = -1
+    h.mid_len = h.rid_len = h.rrid_len = 0
     if b0 & 0x10:
         if pos + 4 > n:
             return D_RTP_TRUNCATED
@@ -345,6 +346,12 @@ def _parse(p: bytes | bytearray, n: int, id_mid: int, id_abs: int, id_level: int
                 if ext_id == id_mid and id_mid:
                     h.mid_off = pos
                     h.mid_len = length
+                elif ext_id == id_rid and id_rid:
+                    h.rid_off = pos
+                    h.rid_len = length
+                elif ext_id == id_rrid and id_rrid:
+                    h.rrid_off = pos
+                    h.rrid_len = length
                 elif ext_id == id_abs and id_abs and length == 3:
                     h.abs_off = pos
                 elif ext_id == id_level and id_level and length == 1:
@@ -429,7 +436,7 @@ def _sockaddr(host: str, port: int) -> tuple[str, int]:
 
 class _Transport:
     __slots__ = ("has_addr", "addr", "srtp_rx", "srtp_tx", "sessions", "secure", "ready",
-                 "id_mid", "id_abs", "id_level", "last_seen", "rtcp_ssrc", "packets_in", "rtcp_in",
+                 "id_mid", "id_abs", "id_level", "id_rid", "id_rrid", "last_seen", "rtcp_ssrc", "packets_in", "rtcp_in",
                  "bytes_in", "packets_out", "bytes_out", "remb_bps", "tokens", "tokens_at",
                  "n_producers")
 
@@ -447,7 +454,7 @@ class _Transport:
 
 class _Producer:
     __slots__ = ("transport", "is_video", "codec", "pt", "rtx_pt", "clock_rate", "ssrc",
-                 "rtx_ssrc", "has_ssrc", "has_rtx_ssrc", "mid", "stats", "ring", "last_pli",
+                 "rtx_ssrc", "has_ssrc", "has_rtx_ssrc", "mid", "rid", "stats", "ring", "last_pli",
                  "pli_pending", "pli_sent", "pli_coalesced", "consumers")
 
 
@@ -528,6 +535,7 @@ class Engine:
         tr.secure = bool(secure)
         tr.ready = not secure
         tr.id_mid, tr.id_abs, tr.id_level = int(mid), int(abs_send_time), int(audio_level)
+        tr.id_rid = tr.id_rrid = 0
         tr.rtcp_ssrc = rtcp_ssrc
         tr.last_seen = time.monotonic()
         tr.tokens = self.pacer_burst_bytes
@@ -535,9 +543,10 @@ class Engine:
         return _slot(self._transports, tr)
 
     def set_transport_extensions(self, t: int, *, mid: int = 0, abs_send_time: int = 0,
-                                 audio_level: int = 0) -> None:
+                                 audio_level: int = 0, rid: int = 0, repaired_rid: int = 0) -> None:
         tr = self._transport(t)
         tr.id_mid, tr.id_abs, tr.id_level = int(mid), int(abs_send_time), int(audio_level)
+        tr.id_rid, tr.id_rrid = int(rid), int(repaired_rid)
 
     def set_transport_address(self, t: int, host: str, port: int) -> None:
         """Where the peer is (ICE told us): its datagrams are now recognised, ours go there."""
@@ -591,10 +600,10 @@ class Engine:
 
     def add_producer(self, t: int, *, video: bool, codec: int, payload_type: int, clock_rate: int,
                      rtx_payload_type: int = -1, ssrc: int | None = None, rtx_ssrc: int | None = None,
-                     mid: bytes = b"") -> int:
+                     mid: bytes = b"", rid: bytes = b"") -> int:
         tr = self._transport(t)
-        if not isinstance(mid, bytes):
-            raise TypeError(f"mid must be bytes, not {type(mid).__name__}")
+        if not isinstance(mid, bytes) or not isinstance(rid, bytes):
+            raise TypeError("mid and rid must be bytes")
         pr = _Producer()
         pr.transport = t
         pr.is_video = bool(video)
@@ -605,6 +614,7 @@ class Engine:
         pr.ssrc = pr.rtx_ssrc = 0
         pr.has_ssrc = pr.has_rtx_ssrc = False
         pr.mid = mid[:16]
+        pr.rid = rid[:16]
         pr.stats = RtpStreamStats(pr.clock_rate)
         pr.ring = RetransmissionBuffer(RING) if pr.is_video else None
         pr.last_pli = -1e9
@@ -818,7 +828,7 @@ class Engine:
                 self._drops[D_SRTP_UNPROTECT] += 1
                 return
         tr.last_seen = now
-        h = _parse(buf, len(buf), tr.id_mid, tr.id_abs, tr.id_level)
+        h = _parse(buf, len(buf), tr.id_mid, tr.id_abs, tr.id_level, tr.id_rid, tr.id_rrid)
         if h.__class__ is int:
             self._drops[h] += 1
             return
@@ -869,17 +879,26 @@ class Engine:
             self._forward(c, p, packet, h, key, now, False)
 
     def _learn_ssrc(self, t: int, buf: bytes, h: _Hdr) -> int:
-        """Bind an unsignalled SSRC to the producer whose mid it carries (RFC 8843 §9.2)."""
+        """Bind an unsignalled SSRC to the producer whose mid (and rid) it carries.
+
+        RFC 8843 §9.2 for the mid; RFC 8852 for simulcast, where the layers share
+        a mid and the rid (or, on RTX, the repaired rid) tells them apart.
+        """
         if h.mid_off < 0:
             return -1
         mid = buf[h.mid_off:h.mid_off + h.mid_len]
         for p, pr in enumerate(self._producers):
             if pr is None or pr.transport != t or len(pr.mid) != h.mid_len or pr.mid != mid:
                 continue
+            rtx = h.pt == pr.rtx_pt and h.pt != pr.pt
+            if pr.rid:
+                off, length = (h.rrid_off, h.rrid_len) if rtx else (h.rid_off, h.rid_len)
+                if length != len(pr.rid) or buf[off:off + length] != pr.rid:
+                    continue
             if h.pt == pr.pt and not pr.has_ssrc:
                 self._bind_ssrc(p, h.ssrc, False)
                 return p << 1
-            if h.pt == pr.rtx_pt and not pr.has_rtx_ssrc and pr.has_ssrc:
+            if rtx and not pr.has_rtx_ssrc and pr.has_ssrc:
                 self._bind_ssrc(p, h.ssrc, True)
                 return (p << 1) | 1
             return -1

@@ -160,7 +160,7 @@ class Viewer:
         await self.pc.close()
 
 
-async def watch(base_url: str, room: str, *, token: str | None = None) -> Viewer:
+async def watch(base_url: str, room: str, *, token: str | None = None, query: str = "") -> Viewer:
     pc = new_peer_connection()
     pc.addTransceiver("audio", direction="recvonly")
     pc.addTransceiver("video", direction="recvonly")
@@ -184,7 +184,8 @@ async def watch(base_url: str, room: str, *, token: str | None = None) -> Viewer
         viewer.tasks.append(asyncio.ensure_future(consume(track)))
 
     await pc.setLocalDescription(await pc.createOffer())
-    status, text, headers = await _post(base_url, f"/whep/{room}", pc.localDescription.sdp, token)
+    path = f"/whep/{room}" + (f"?{query}" if query else "")
+    status, text, headers = await _post(base_url, path, pc.localDescription.sdp, token)
     if status != 201:
         await pc.close()
         raise WhipError(status, text)
@@ -219,6 +220,7 @@ class RawPeer:
         self.media_ssrc: dict[str, int] = {}  # kind -> first (non-RTX) SSRC of its m-line
         self.location = ""
         self.answer = ""
+        self.offer_filter = lambda sdp: sdp  # tests reshape the offer (e.g. into simulcast)
 
     async def join(self, base_url: str, room: str, *, kind: str = "whip") -> None:
         pc = new_peer_connection()
@@ -245,7 +247,8 @@ class RawPeer:
                 self.ssrcs.append(int(line.split()[0].split(":")[1]))
                 self.media_ssrc.setdefault(kind_now, self.ssrcs[-1])
             lines.append(line)
-        status, self.answer, headers = await _post(base_url, f"/{kind}/{room}", "\r\n".join(lines) + "\r\n", None)
+        offer = self.offer_filter("\r\n".join(lines) + "\r\n")
+        status, self.answer, headers = await _post(base_url, f"/{kind}/{room}", offer, None)
         if status != 201:
             raise WhipError(status, self.answer)
         self.location = headers["Location"]

@@ -27,18 +27,20 @@ class Producer:
         rtx_payload_type: int | None,
         ssrc: int | None,
         rtx_ssrc: int | None,
+        rid: str = "",
     ) -> None:
         self.id = producer_id
         self.transport = transport
         self.kind = kind
         self.clock_rate = clock_rate
+        self.rid = rid
         self.consumers: list[Consumer] = []
         self.closed = False
         self.slot = transport.shard.engine.add_producer(
             transport.slot, video=kind == "video", codec=CODECS.get(codec, fastpath.CODEC_OTHER),
             payload_type=payload_type, clock_rate=clock_rate,
             rtx_payload_type=-1 if rtx_payload_type is None else rtx_payload_type,
-            ssrc=ssrc, rtx_ssrc=rtx_ssrc, mid=mid.encode(),
+            ssrc=ssrc, rtx_ssrc=rtx_ssrc, mid=mid.encode(), rid=rid.encode(),
         )
 
     def request_keyframe(self) -> None:

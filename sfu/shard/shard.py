@@ -192,6 +192,7 @@ class Shard:
                 body.producer_id, transport, kind=body.kind, codec=body.codec, mid=body.mid,
                 payload_type=body.payload_type, clock_rate=body.clock_rate,
                 rtx_payload_type=body.rtx_payload_type, ssrc=body.ssrc, rtx_ssrc=body.rtx_ssrc,
+                rid=body.rid,
             )
             transport.add_producer(producer, body.extensions)
             self.producers[producer.id] = producer

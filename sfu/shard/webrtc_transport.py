@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from ..signalling.sdp import EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID
+from ..signalling.sdp import EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_REPAIRED_RID, EXT_RID
 from .dtls import DtlsCertificate, DtlsEndpoint
 from .srtp import SrtpSession
 
@@ -22,6 +22,8 @@ def extension_ids(extensions: dict[str, int]) -> dict[str, int]:
         "mid": extensions.get(EXT_MID, 0),
         "abs_send_time": extensions.get(EXT_ABS_SEND_TIME, 0),
         "audio_level": extensions.get(EXT_AUDIO_LEVEL, 0),
+        "rid": extensions.get(EXT_RID, 0),
+        "repaired_rid": extensions.get(EXT_REPAIRED_RID, 0),
     }
 
 

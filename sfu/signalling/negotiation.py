@@ -59,6 +59,21 @@ def _with_rtx_if_nack(codec: Codec, allowed: bool = True) -> Codec:
     return codec
 
 
+MAX_SIMULCAST_LAYERS = 3
+
+
+def _simulcast_rids(m: MediaOffer) -> list[str]:
+    """The rids we accept: video only, and only when packets will say which is which.
+
+    Layers are told apart by the rid header extension (RFC 8852); without it
+    the publisher must fall back to a single encoding, which it does when the
+    answer carries no a=simulcast.
+    """
+    if m.kind != "video" or len(m.rids) < 2 or EXT_RID not in m.extensions:
+        return []
+    return m.rids[:MAX_SIMULCAST_LAYERS]
+
+
 def answer_publish(offer: Offer) -> list[MediaAnswer]:
     """Receive every audio/video m-line the publisher sends, with its first supported codec.
 
@@ -70,7 +85,7 @@ def answer_publish(offer: Offer) -> list[MediaAnswer]:
         codecs = [c for c in m.codecs if c.name in _PREFERENCE.get(m.kind, ())]
         if _usable(m) and m.direction in ("sendonly", "sendrecv") and codecs:
             answers.append(MediaAnswer(offer=m, direction="recvonly", codec=_with_rtx_if_nack(codecs[0]),
-                                       extensions=dict(m.extensions)))
+                                       extensions=dict(m.extensions), recv_rids=_simulcast_rids(m)))
         else:
             answers.append(_idle(m))
     if any(a.direction == "recvonly" for a in answers):

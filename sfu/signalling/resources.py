@@ -48,6 +48,19 @@ def _ssrc() -> int:
     return random.randint(1, 0xFFFFFFFF)
 
 
+def select_layers(producers: list[ProducerInfo], layer: str | None) -> list[ProducerInfo]:
+    """One producer per track: the requested simulcast layer (``?layer=<rid>``) where the
+    track has it, else the last layer the publisher listed (publishers list low to high).
+
+    Switching layers mid-stream belongs to the simulcast policy (sfu/simulcast); this is
+    the starting choice.
+    """
+    tracks: dict[str, list[ProducerInfo]] = {}
+    for p in producers:
+        tracks.setdefault(p.track_id or p.id, []).append(p)
+    return [next((p for p in layers if layer and p.rid == layer), layers[-1]) for layers in tracks.values()]
+
+
 class Resources:
     def __init__(self, signalling: "Signalling") -> None:
         self.s = signalling
@@ -149,18 +162,24 @@ class Resources:
         shard = self.s.shards[shard_id]
         try:
             for m in media:
-                if m.codec is None:
+                if m.codec is None or m.direction != "recvonly":
                     continue
                 o = m.offer
-                producer = ProducerInfo(id=secrets.token_urlsafe(12), kind=o.kind, codec=m.codec,
-                                        cname=o.cname or session.id, stream_id=session.id)
-                await shard.request(control.Produce(
-                    transport_id=session.id, producer_id=producer.id, kind=o.kind, codec=m.codec.name,
-                    mid=o.mid, payload_type=m.codec.payload_type, clock_rate=m.codec.clock_rate,
-                    rtx_payload_type=m.codec.rtx_payload_type, ssrc=o.ssrc, rtx_ssrc=o.rtx_ssrc,
-                    extensions=m.extensions,
-                ))
-                session.producers.append(producer)
+                track_id = secrets.token_urlsafe(12)
+                # A simulcast m-line is one track sent as several layers, each its own
+                # RTP stream: one producer per rid, SSRCs learnt from the rid extension.
+                for rid in m.recv_rids or [""]:
+                    producer = ProducerInfo(id=secrets.token_urlsafe(12), kind=o.kind, codec=m.codec,
+                                            cname=o.cname or session.id, stream_id=session.id,
+                                            track_id=track_id, rid=rid)
+                    await shard.request(control.Produce(
+                        transport_id=session.id, producer_id=producer.id, kind=o.kind, codec=m.codec.name,
+                        mid=o.mid, payload_type=m.codec.payload_type, clock_rate=m.codec.clock_rate,
+                        rtx_payload_type=m.codec.rtx_payload_type,
+                        ssrc=None if rid else o.ssrc, rtx_ssrc=None if rid else o.rtx_ssrc,
+                        extensions=m.extensions, rid=rid,
+                    ))
+                    session.producers.append(producer)
         except control.ControlError as exc:
             await shard.request(control.CloseTransport(transport_id=session.id))
             return error(503, f"shard unavailable: {exc}")
@@ -179,7 +198,7 @@ class Resources:
         if isinstance(offer, web.Response):
             return offer
         room = self.s.rooms.room(room_name)
-        producers = room.producers() if room is not None else []
+        producers = select_layers(room.producers() if room is not None else [], request.query.get("layer"))
         if not producers:
             return error(409, f"nothing is published in room {room_name!r} yet",
                          **{"Retry-After": str(RETRY_AFTER_S)})
@@ -187,7 +206,7 @@ class Resources:
         for p in producers:
             track = TrackInfo(kind=p.kind, codec_name=p.codec.name, clock_rate=p.codec.clock_rate,
                               send_ssrc=_ssrc(), send_rtx_ssrc=_ssrc() if p.kind == "video" else None,
-                              cname=p.cname, msid=f"{p.stream_id} {p.id}")
+                              cname=p.cname, msid=f"{p.stream_id} {p.track_id or p.id}")
             tracks.append(track)
             by_track[id(track)] = p
         try:

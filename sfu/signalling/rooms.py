@@ -13,11 +13,15 @@ from .sdp import Codec
 
 @dataclass
 class ProducerInfo:
+    """One published RTP stream; the simulcast layers of one track share ``track_id``."""
+
     id: str
     kind: str
     codec: Codec
     cname: str
     stream_id: str
+    track_id: str = ""
+    rid: str = ""
 
 
 @dataclass

@@ -121,6 +121,7 @@ class MediaAnswer:
     send_rtx_ssrc: int | None = None
     cname: str | None = None
     msid: str | None = None  # "streamid trackid"
+    recv_rids: list[str] = field(default_factory=list)  # simulcast layers we accept (RFC 8853)
 
 
 @dataclass
@@ -560,6 +561,9 @@ def build_answer(offer: Offer, media: list[MediaAnswer], *, ice_ufrag: str, ice_
             if uri in SUPPORTED_EXTENSIONS and m.extensions.get(uri) == ext_id:
                 lines.append(f"a=extmap:{ext_id} {uri}")
         lines += _ssrc_lines(answer)
+        if answer.recv_rids and answer.direction == "recvonly":
+            lines += [f"a=rid:{rid} recv" for rid in answer.recv_rids]
+            lines.append("a=simulcast:recv " + ";".join(answer.recv_rids))
         lines += [f"a=candidate:1 1 udp 2130706431 {host} {candidate_port} typ host", "a=end-of-candidates"]
     return "\r\n".join(lines) + "\r\n"
 

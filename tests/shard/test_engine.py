@@ -1489,3 +1489,32 @@ def test_differential_both_engines_send_the_same_bytes(data: st.DataObject, opti
     finally:
         for world in worlds:
             world.rig.close()
+
+
+def test_simulcast_layers_learnt_from_the_rid_extension(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=2)
+    e = rig.engine
+    rid_id, rrid_id = 10, 11
+    pub = rig.transport(rig.publisher)
+    e.set_transport_extensions(pub, mid=MID_ID, rid=rid_id, repaired_rid=rrid_id)
+    layers = {rid: e.add_producer(pub, video=True, codec=1, payload_type=96, clock_rate=90000,
+                                  rtx_payload_type=97, mid=b"1", rid=rid) for rid in (b"l", b"h")}
+    watch_low = e.add_consumer(rig.transport(rig.viewers[0]), layers[b"l"], payload_type=100, ssrc=0x1111)
+    watch_high = e.add_consumer(rig.transport(rig.viewers[1]), layers[b"h"], payload_type=100, ssrc=0x2222)
+    assert watch_low != watch_high
+    for rid, ssrc in ((b"l", 0xA1), (b"h", 0xA2)):
+        rig.feed(make_rtp(seq=10, ssrc=ssrc, pt=96, extensions={MID_ID: b"1", rid_id: rid},
+                          payload=make_vp8_payload(True, frame=rid)))
+    # A rid nobody published, and a layer's RTX before its media stream exists: not bound.
+    rig.feed(make_rtp(seq=1, ssrc=0xA3, pt=96, extensions={MID_ID: b"1", rid_id: b"x"}, payload=make_vp8_payload(True)))
+    assert e.producer_ssrc(layers[b"l"]) == 0xA1 and e.producer_ssrc(layers[b"h"]) == 0xA2
+    # RTX of the high layer, told apart by the repaired rid.
+    lost = make_rtp(seq=11, ssrc=0xA2, pt=96, extensions={MID_ID: b"1", rrid_id: b"h"},
+                    payload=make_vp8_payload(False, frame=b"h-lost"))
+    rig.feed(make_rtx(lost, seq=500, ssrc=0xB2, pt=97))
+    low = [rtp(d) for d in rig.take(rig.viewers[0])]
+    high = [rtp(d) for d in rig.take(rig.viewers[1])]
+    assert [(p["ssrc"], p["payload"]) for p in low] == [(0x1111, make_vp8_payload(True, frame=b"l"))]
+    assert [(p["ssrc"], p["payload"]) for p in high] == [(0x2222, make_vp8_payload(True, frame=b"h")),
+                                                         (0x2222, make_vp8_payload(False, frame=b"h-lost"))]
+    assert drops(e) == {"rtp_unknown_ssrc": 1}

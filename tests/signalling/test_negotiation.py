@@ -8,7 +8,8 @@ import pytest
 
 from sfu.signalling.negotiation import TrackInfo, answer_publish, answer_subscribe
 from sfu.signalling.sdp import (
-    EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_REPAIRED_RID, EXT_RID, MediaAnswer, SdpError, parse_offer,
+    EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_REPAIRED_RID, EXT_RID, MediaAnswer, SdpError, build_answer,
+    parse_offer,
 )
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "sdp"
@@ -170,3 +171,39 @@ def test_subscribe_without_tracks_or_receivers_is_422() -> None:
 def test_subscribe_firefox_sendrecv_viewer() -> None:
     answers, _ = answer_subscribe(parse_offer(load("firefox_sendrecv.sdp")), [OPUS, h264_track()])
     assert [chosen(a) for a in answers] == [("sendonly", "opus", 109, None), ("sendonly", "H264", 126, 127)]
+
+
+def _with_simulcast(sdp: str, rids: list[str], *, keep_rid_extension: bool = True) -> str:
+    lines = sdp.replace("\r\n", "\n").split("\n")
+    if not keep_rid_extension:
+        lines = [line for line in lines if "rtp-stream-id" not in line]
+    at = max(i for i, line in enumerate(lines) if line.startswith("a=")) + 1  # end of the video m-section
+    extra = [f"a=rid:{rid} send" for rid in rids] + ["a=simulcast:send " + ";".join(rids)]
+    return "\r\n".join(lines[:at] + extra + lines[at:])
+
+
+def test_publish_simulcast_layers_are_accepted_and_echoed() -> None:
+    offer = parse_offer(_with_simulcast(chrome("publish"), ["q", "h", "f"]))
+    answers = answer_publish(offer)
+    video = next(a for a in answers if a.offer.kind == "video")
+    assert video.recv_rids == ["q", "h", "f"]
+    sdp = build_answer(offer, answers, ice_ufrag="abcd", ice_pwd="0123456789abcdef012345",
+                       fingerprint_sha256=":".join(["AB"] * 32), setup="passive",
+                       candidate_host="127.0.0.1", candidate_port=5000)
+    section = sdp.split("m=video")[1]
+    assert "a=rid:q recv\r\na=rid:h recv\r\na=rid:f recv\r\na=simulcast:recv q;h;f\r\n" in section
+    assert "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id" in section
+    audio = sdp.split("m=video")[0]
+    assert "a=simulcast" not in audio
+
+
+def test_simulcast_without_the_rid_extension_falls_back_to_one_encoding() -> None:
+    offer = parse_offer(_with_simulcast(chrome("publish"), ["l", "h"], keep_rid_extension=False))
+    video = next(a for a in answer_publish(offer) if a.offer.kind == "video")
+    assert video.recv_rids == []
+
+
+def test_at_most_three_simulcast_layers() -> None:
+    offer = parse_offer(_with_simulcast(chrome("publish"), ["a", "b", "c", "d"]))
+    video = next(a for a in answer_publish(offer) if a.offer.kind == "video")
+    assert video.recv_rids == ["a", "b", "c"]
