@@ -714,6 +714,19 @@ cdef struct ConsumerRec:
     uint64_t bytes_sent
     uint64_t nacks_served
     double keyframe_asked
+    # simulcast: the layer (producer) to move to at its next keyframe, and continuity
+    int target
+    int is_vp8
+    uint16_t last_seq
+    uint32_t last_ts
+    double last_at
+    int switched
+    uint16_t switch_seq
+    uint16_t pic_offset
+    uint8_t tl0_offset
+    int last_pic
+    int last_tl0
+    int pic_reset
     # pacer: producer sequence numbers waiting for tokens
     uint16_t* queue
     int q_head
@@ -1046,7 +1059,10 @@ cdef class Engine:
         if pr.has_rtx_ssrc:
             _map_del(&self.ssrc_map, _ssrc_key(pr.transport, pr.rtx_ssrc))
         for i in range(pr.n_consumers):
-            self.consumers[pr.consumers[i]].producer = -1
+            if self.consumers[pr.consumers[i]].producer == p:
+                self.consumers[pr.consumers[i]].producer = -1
+            else:  # waiting to move here
+                self.consumers[pr.consumers[i]].target = -1
         pr.n_consumers = 0
         self.transports[pr.transport].n_producers -= 1
         free(pr.ring)
@@ -1104,10 +1120,19 @@ cdef class Engine:
         cr.first_ts = first_ts
         cr.rtx_seq = first_rtx_seq
         cr.keyframe_asked = -1e9
+        cr.target = -1
+        cr.is_vp8 = pr.codec == 1
+        cr.last_pic = cr.last_tl0 = -1
         if pr.is_video:
             cr.queue = <uint16_t*>malloc(PACER_QUEUE * sizeof(uint16_t))
             if cr.queue == NULL:
                 raise MemoryError()
+        self._list_add(pr, c)
+        _map_put(&self.consumer_map, _consumer_key(t, ssrc), c)
+        return c
+
+    cdef int _list_add(self, ProducerRec* pr, int c) except -1:
+        cdef void* grown
         if pr.n_consumers == pr.cap_consumers:
             grown = realloc(pr.consumers, (pr.cap_consumers * 2 + 4) * sizeof(int32_t))
             if grown == NULL:
@@ -1116,20 +1141,53 @@ cdef class Engine:
             pr.cap_consumers = pr.cap_consumers * 2 + 4
         pr.consumers[pr.n_consumers] = c
         pr.n_consumers += 1
-        _map_put(&self.consumer_map, _consumer_key(t, ssrc), c)
-        return c
+        return 0
+
+    cdef void _list_remove(self, ProducerRec* pr, int c) noexcept nogil:
+        cdef int i
+        for i in range(pr.n_consumers):
+            if pr.consumers[i] == c:
+                pr.consumers[i] = pr.consumers[pr.n_consumers - 1]
+                pr.n_consumers -= 1
+                return
+
+    def set_consumer_producer(self, int c, int p):
+        """Move a consumer to another layer (producer) of its track.
+
+        The move happens on that layer's next keyframe, so the viewer's decoder
+        never sees a frame that references one it lacks; until then the consumer
+        keeps its current layer. Sequence numbers, timestamps and VP8 picture ids
+        continue where they were.
+        """
+        cdef ConsumerRec* cr = self._consumer(c)
+        cdef ProducerRec* pr = self._producer(p)
+        if cr.target >= 0:
+            self._list_remove(&self.producers[cr.target], c)
+            cr.target = -1
+        if p == cr.producer:
+            return
+        if not cr.started or cr.producer < 0:
+            if cr.producer >= 0:
+                self._list_remove(&self.producers[cr.producer], c)
+            cr.producer = p
+            cr.is_vp8 = pr.codec == 1
+        else:
+            cr.target = p
+        self._list_add(pr, c)
+        self._keyframe_request(p, _now())
+        self._flush()
+
+    def consumer_producer(self, int c) -> int:
+        return self._consumer(c).producer
 
     def remove_consumer(self, int c):
         cdef ConsumerRec* cr = self._consumer(c)
         cdef ProducerRec* pr
         cdef int i
         if cr.producer >= 0:
-            pr = &self.producers[cr.producer]
-            for i in range(pr.n_consumers):
-                if pr.consumers[i] == c:
-                    pr.consumers[i] = pr.consumers[pr.n_consumers - 1]
-                    pr.n_consumers -= 1
-                    break
+            self._list_remove(&self.producers[cr.producer], c)
+        if cr.target >= 0:
+            self._list_remove(&self.producers[cr.target], c)
         _map_del(&self.consumer_map, _consumer_key(cr.transport, cr.ssrc))
         if cr.q_len:
             self.paced_consumers -= 1
@@ -1371,6 +1429,16 @@ cdef class Engine:
         cdef int n
         if not tr.has_addr or not tr.ready:
             return
+        if cr.producer != p:
+            # A packet of the layer this consumer waits to move to.
+            if p != cr.target:
+                return
+            if not key or cr.q_len:
+                if now - cr.keyframe_asked > 1.0:
+                    cr.keyframe_asked = now
+                    self._keyframe_request(p, now)
+                return
+            self._switch(c, p, h, now)
         if not cr.started:
             if cr.is_video and not key:
                 self.drops[<int>D_WAITING_KEYFRAME] += 1
@@ -1387,13 +1455,75 @@ cdef class Engine:
                 self._enqueue(cr, <uint16_t>h.seq)
                 return
         out = self._out_slot()
-        n = self._rewrite(cr, buf, h, out, (h.seq + cr.seq_offset) & 0xFFFF)
+        cr.last_seq = (h.seq + cr.seq_offset) & 0xFFFF
+        cr.last_ts = h.ts + cr.ts_offset
+        cr.last_at = now
+        n = self._rewrite(cr, buf, h, out, cr.last_seq, True)
         cr.packets_sent += 1
         cr.bytes_sent += h.payload_len
         tr.tokens -= n
         self._emit(cr.transport, n, False)
 
-    cdef int _rewrite(self, ConsumerRec* cr, const uint8_t* buf, Hdr* h, uint8_t* o, uint32_t seq) noexcept nogil:
+    cdef void _switch(self, int c, int p, Hdr* h, double now) noexcept nogil:
+        """Move consumer c to producer p at this keyframe, continuing its numbering."""
+        cdef ConsumerRec* cr = &self.consumers[c]
+        cdef ProducerRec* pr = &self.producers[p]
+        cdef double ticks
+        if cr.producer >= 0:
+            self._list_remove(&self.producers[cr.producer], c)
+        cr.producer = p
+        cr.target = -1
+        cr.is_vp8 = pr.codec == 1
+        if not cr.started:
+            return
+        cr.switched = 1
+        cr.switch_seq = (cr.last_seq + 1) & 0xFFFF
+        cr.seq_offset = (cr.switch_seq - h.seq) & 0xFFFF
+        # Layers have unrelated timestamp bases: carry on from ours by the time elapsed.
+        ticks = (now - cr.last_at) * pr.clock_rate
+        cr.ts_offset = cr.last_ts + (<uint32_t>ticks if ticks >= 1 else 1) - h.ts
+        cr.pic_reset = 1
+
+    cdef void _vp8(self, ConsumerRec* cr, uint8_t* d, int n, bint track) noexcept nogil:
+        """Picture id and TL0PICIDX (RFC 7741 §4.2) continued across layer switches."""
+        cdef int pos = 2, pic, out
+        if n < 2 or not d[0] & 0x80:
+            return
+        if d[1] & 0x80:
+            if pos >= n:
+                return
+            if d[pos] & 0x80:
+                if pos + 1 >= n:
+                    return
+                pic = ((d[pos] & 0x7F) << 8) | d[pos + 1]
+                if track and cr.pic_reset:
+                    cr.pic_offset = (cr.last_pic + 1 - pic) & 0x7FFF if cr.last_pic >= 0 else 0
+                out = (pic + cr.pic_offset) & 0x7FFF
+                d[pos] = 0x80 | (out >> 8)
+                d[pos + 1] = out & 0xFF
+                pos += 2
+            else:
+                pic = d[pos] & 0x7F
+                if track and cr.pic_reset:
+                    cr.pic_offset = (cr.last_pic + 1 - pic) & 0x7FFF if cr.last_pic >= 0 else 0
+                out = (pic + cr.pic_offset) & 0x7F
+                d[pos] = out
+                pos += 1
+            if track:
+                cr.last_pic = out
+        if d[1] & 0x40:
+            if pos >= n:
+                return
+            if track and cr.pic_reset:
+                cr.tl0_offset = (cr.last_tl0 + 1 - d[pos]) & 0xFF if cr.last_tl0 >= 0 else 0
+            d[pos] = (d[pos] + cr.tl0_offset) & 0xFF
+            if track:
+                cr.last_tl0 = d[pos]
+        if track:
+            cr.pic_reset = 0
+
+    cdef int _rewrite(self, ConsumerRec* cr, const uint8_t* buf, Hdr* h, uint8_t* o, uint32_t seq,
+                      bint track) noexcept nogil:
         """The viewer's copy: its SSRC, seq, ts, PT; extensions in its ids; no padding."""
         cdef int elen = 0, pos
         cdef uint8_t* ext = o + 12 + 4 * h.cc + 4
@@ -1426,6 +1556,8 @@ cdef class Engine:
             _put16(o + pos + 2, elen // 4)
             pos += 4 + elen
         memcpy(o + pos, buf + h.payload_off, h.payload_len)
+        if cr.is_vp8:
+            self._vp8(cr, o + pos, h.payload_len, track)
         return pos + h.payload_len
 
     # --- egress -------------------------------------------------------------------------
@@ -1610,7 +1742,7 @@ cdef class Engine:
         for i in range(pr.n_consumers):
             cr = &self.consumers[pr.consumers[i]]
             ct = &self.transports[cr.transport]
-            if not cr.started or not ct.has_addr or not ct.ready:
+            if not cr.started or cr.producer != v >> 1 or not ct.has_addr or not ct.ready:
                 continue
             o = self._out_slot()
             o[0] = 0x80
@@ -1648,6 +1780,10 @@ cdef class Engine:
         pr = &self.producers[cr.producer]
         if pr.ring == NULL:
             return
+        if cr.switched and ((seq - cr.switch_seq) & 0xFFFF) >= 0x8000:
+            # Sent from the layer before the switch: not this producer's history.
+            self.drops[<int>D_NACK_NOT_IN_BUFFER] += 1
+            return
         i = src % RING
         pt = &self.transports[pr.transport]
         if pr.ring_seq[i] != src or _parse(pr.ring + i * SLOT, pr.ring_len[i], pt.id_mid, pt.id_abs, pt.id_level, 0, 0,
@@ -1656,7 +1792,7 @@ cdef class Engine:
             return
         o = self._out_slot()
         if cr.has_rtx:
-            n = self._rewrite(cr, pr.ring + i * SLOT, &h, self.scratch, seq)
+            n = self._rewrite(cr, pr.ring + i * SLOT, &h, self.scratch, seq, False)
             off = n - h.payload_len
             memcpy(o, self.scratch, off)
             o[1] = (o[1] & 0x80) | cr.rtx_pt
@@ -1667,7 +1803,7 @@ cdef class Engine:
             memcpy(o + off + 2, self.scratch + off, h.payload_len)
             n += 2
         else:
-            n = self._rewrite(cr, pr.ring + i * SLOT, &h, o, seq)
+            n = self._rewrite(cr, pr.ring + i * SLOT, &h, o, seq, False)
         cr.nacks_served += 1
         self.nacks_served += 1
         self._emit(cr.transport, n, False)

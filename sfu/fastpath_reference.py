@@ -462,7 +462,9 @@ class _Consumer:
     __slots__ = ("transport", "producer", "is_video", "pt", "rtx_pt", "has_rtx", "nack", "ssrc",
                  "rtx_ssrc", "id_mid", "id_abs", "id_level", "mid", "started", "first_seq",
                  "first_ts", "seq_offset", "ts_offset", "rtx_seq", "packets_sent", "bytes_sent",
-                 "nacks_served", "keyframe_asked", "queue")
+                 "nacks_served", "keyframe_asked", "queue", "target", "is_vp8", "last_seq", "last_ts",
+                 "last_at", "switched", "switch_seq", "pic_offset", "tl0_offset", "last_pic", "last_tl0",
+                 "pic_reset")
 
 
 def _slot(records: list, record: object) -> int:
@@ -648,7 +650,10 @@ class Engine:
         if pr.has_rtx_ssrc:
             self._ssrc_map.pop((pr.transport, pr.rtx_ssrc), None)
         for c in pr.consumers:
-            self._consumers[c].producer = -1
+            if self._consumers[c].producer == p:
+                self._consumers[c].producer = -1
+            else:  # waiting to move here
+                self._consumers[c].target = -1
         pr.consumers.clear()
         self._transports[pr.transport].n_producers -= 1
         pr.ring = None
@@ -704,20 +709,55 @@ class Engine:
         cr.packets_sent = cr.bytes_sent = cr.nacks_served = 0
         cr.keyframe_asked = -1e9
         cr.queue = deque()
+        cr.target = -1
+        cr.is_vp8 = pr.codec == CODEC_VP8
+        cr.last_seq = cr.last_ts = 0
+        cr.last_at = 0.0
+        cr.switched = False
+        cr.switch_seq = cr.pic_offset = cr.tl0_offset = 0
+        cr.last_pic = cr.last_tl0 = -1
+        cr.pic_reset = False
         c = _slot(self._consumers, cr)
         pr.consumers.append(c)
         self._consumer_map[(t, ssrc)] = c
         return c
 
+    @staticmethod
+    def _list_remove(consumers: list[int], c: int) -> None:
+        for i, other in enumerate(consumers):
+            if other == c:
+                consumers[i] = consumers[-1]  # the C code's swap-remove: same order after it
+                consumers.pop()
+                return
+
+    def set_consumer_producer(self, c: int, p: int) -> None:
+        """Move a consumer to another layer (producer) of its track, at that layer's next keyframe."""
+        cr = self._consumer(c)
+        pr = self._producer(p)
+        if cr.target >= 0:
+            self._list_remove(self._producers[cr.target].consumers, c)
+            cr.target = -1
+        if p == cr.producer:
+            return
+        if not cr.started or cr.producer < 0:
+            if cr.producer >= 0:
+                self._list_remove(self._producers[cr.producer].consumers, c)
+            cr.producer = p
+            cr.is_vp8 = pr.codec == CODEC_VP8
+        else:
+            cr.target = p
+        pr.consumers.append(c)
+        self._keyframe_request(p, time.monotonic())
+
+    def consumer_producer(self, c: int) -> int:
+        return self._consumer(c).producer
+
     def remove_consumer(self, c: int) -> None:
         cr = self._consumer(c)
         if cr.producer >= 0:
-            consumers = self._producers[cr.producer].consumers
-            for i, other in enumerate(consumers):
-                if other == c:
-                    consumers[i] = consumers[-1]  # the C code's swap-remove: same order after it
-                    consumers.pop()
-                    break
+            self._list_remove(self._producers[cr.producer].consumers, c)
+        if cr.target >= 0:
+            self._list_remove(self._producers[cr.target].consumers, c)
         self._consumer_map.pop((cr.transport, cr.ssrc), None)
         if cr.queue:
             self._paced_consumers -= 1
@@ -910,6 +950,16 @@ class Engine:
         tr = self._transports[cr.transport]
         if not tr.has_addr or not tr.ready:
             return
+        if cr.producer != p:
+            # A packet of the layer this consumer waits to move to.
+            if p != cr.target:
+                return
+            if not key or cr.queue:
+                if now - cr.keyframe_asked > KEYFRAME_ASK_INTERVAL_S:
+                    cr.keyframe_asked = now
+                    self._keyframe_request(p, now)
+                return
+            self._switch(c, p, h, now)
         if not cr.started:
             if cr.is_video and not key:
                 self._drops[D_WAITING_KEYFRAME] += 1
@@ -925,14 +975,76 @@ class Engine:
             if cr.queue or tr.tokens <= 0:
                 self._enqueue(cr, h.seq)
                 return
-        out = self._rewrite(cr, buf, h, (h.seq + cr.seq_offset) & 0xFFFF)
+        cr.last_seq = (h.seq + cr.seq_offset) & 0xFFFF
+        cr.last_ts = (h.ts + cr.ts_offset) & 0xFFFFFFFF
+        cr.last_at = now
+        out = self._rewrite(cr, buf, h, cr.last_seq, True)
         cr.packets_sent += 1
         cr.bytes_sent += h.payload_len
         tr.tokens -= len(out)
         self._emit(cr.transport, out, False)
 
+    def _switch(self, c: int, p: int, h: _Hdr, now: float) -> None:
+        """Move consumer c to producer p at this keyframe, continuing its numbering."""
+        cr = self._consumers[c]
+        pr = self._producers[p]
+        if cr.producer >= 0:
+            self._list_remove(self._producers[cr.producer].consumers, c)
+        cr.producer = p
+        cr.target = -1
+        cr.is_vp8 = pr.codec == CODEC_VP8
+        if not cr.started:
+            return
+        cr.switched = True
+        cr.switch_seq = (cr.last_seq + 1) & 0xFFFF
+        cr.seq_offset = (cr.switch_seq - h.seq) & 0xFFFF
+        # Layers have unrelated timestamp bases: carry on from ours by the time elapsed.
+        ticks = (now - cr.last_at) * pr.clock_rate
+        cr.ts_offset = (cr.last_ts + (int(ticks) & 0xFFFFFFFF if ticks >= 1 else 1) - h.ts) & 0xFFFFFFFF
+        cr.pic_reset = True
+
     @staticmethod
-    def _rewrite(cr: _Consumer, buf: bytes, h: _Hdr, seq: int) -> bytes:
+    def _vp8(cr: _Consumer, d: bytearray, pos0: int, n: int, track: bool) -> None:
+        """Picture id and TL0PICIDX (RFC 7741 §4.2) continued across layer switches."""
+        if n < 2 or not d[pos0] & 0x80:
+            return
+        x = d[pos0 + 1]
+        pos = 2
+        if x & 0x80:
+            if pos >= n:
+                return
+            if d[pos0 + pos] & 0x80:
+                if pos + 1 >= n:
+                    return
+                pic = ((d[pos0 + pos] & 0x7F) << 8) | d[pos0 + pos + 1]
+                if track and cr.pic_reset:
+                    cr.pic_offset = (cr.last_pic + 1 - pic) & 0x7FFF if cr.last_pic >= 0 else 0
+                out = (pic + cr.pic_offset) & 0x7FFF
+                d[pos0 + pos] = 0x80 | (out >> 8)
+                d[pos0 + pos + 1] = out & 0xFF
+                pos += 2
+            else:
+                pic = d[pos0 + pos] & 0x7F
+                if track and cr.pic_reset:
+                    cr.pic_offset = (cr.last_pic + 1 - pic) & 0x7FFF if cr.last_pic >= 0 else 0
+                out = (pic + cr.pic_offset) & 0x7F
+                d[pos0 + pos] = out
+                pos += 1
+            if track:
+                cr.last_pic = out
+        if x & 0x40:
+            if pos >= n:
+                return
+            if track and cr.pic_reset:
+                cr.tl0_offset = (cr.last_tl0 + 1 - d[pos0 + pos]) & 0xFF if cr.last_tl0 >= 0 else 0
+            d[pos0 + pos] = (d[pos0 + pos] + cr.tl0_offset) & 0xFF
+            if track:
+                cr.last_tl0 = d[pos0 + pos]
+        if track:
+            cr.pic_reset = False
+
+    @classmethod
+    def _rewrite(cls, cr: _Consumer, buf: bytes, h: _Hdr, seq: int, track: bool) -> bytes:
         """The viewer's copy: its SSRC, seq, ts, PT; extensions in its ids; no padding."""
         ext = bytearray()
         if cr.id_mid and cr.mid:
@@ -952,7 +1064,10 @@ class Engine:
         if ext:
             out += struct.pack("!HH", 0xBEDE, len(ext) // 4)
             out += ext
+        start = len(out)
         out += buf[h.payload_off:h.payload_off + h.payload_len]
+        if cr.is_vp8:
+            cls._vp8(cr, out, start, h.payload_len, track)
         return bytes(out)
 
     # --- egress -------------------------------------------------------------------------
@@ -1097,7 +1212,7 @@ class Engine:
         for c in tuple(pr.consumers):
             cr = self._consumers[c]
             ct = self._transports[cr.transport]
-            if not cr.started or not ct.has_addr or not ct.ready:
+            if not cr.started or cr.producer != v >> 1 or not ct.has_addr or not ct.ready:
                 continue
             out = (_RTCP_HEAD.pack(0x80, 200, 6, cr.ssrc) + ntp
                    + _SR_INFO.pack((rtp_ts + cr.ts_offset) & 0xFFFFFFFF,  # RTP time in our base
@@ -1123,13 +1238,17 @@ class Engine:
         pr = self._producers[cr.producer]
         if pr.ring is None:
             return
+        if cr.switched and ((seq - cr.switch_seq) & 0xFFFF) >= 0x8000:
+            # Sent from the layer before the switch: not this producer's history.
+            self._drops[D_NACK_NOT_IN_BUFFER] += 1
+            return
         pt = self._transports[pr.transport]
         packet = pr.ring.get(src)
         h = D_NACK_NOT_IN_BUFFER if packet is None else _parse(packet, len(packet), pt.id_mid, pt.id_abs, pt.id_level)
         if h.__class__ is int:
             self._drops[D_NACK_NOT_IN_BUFFER] += 1
             return
-        out = self._rewrite(cr, packet, h, seq)
+        out = self._rewrite(cr, packet, h, seq, False)
         if cr.has_rtx:
             off = len(out) - h.payload_len
             rtx = bytearray(out[:off])

@@ -1518,3 +1518,96 @@ def test_simulcast_layers_learnt_from_the_rid_extension(make_rig: Callable[..., 
     assert [(p["ssrc"], p["payload"]) for p in high] == [(0x2222, make_vp8_payload(True, frame=b"h")),
                                                          (0x2222, make_vp8_payload(False, frame=b"h-lost"))]
     assert drops(e) == {"rtp_unknown_ssrc": 1}
+
+
+def _two_layers(rig: Rig) -> tuple[int, dict[bytes, int]]:
+    e = rig.engine
+    pub = rig.transport(rig.publisher)
+    e.set_transport_extensions(pub, mid=MID_ID)
+    layers = {rid: e.add_producer(pub, video=True, codec=1, payload_type=96, clock_rate=90000,
+                                  ssrc=ssrc, mid=b"1", rid=rid) for rid, ssrc in ((b"l", 0xA1), (b"h", 0xA2))}
+    return pub, layers
+
+
+def _vp8(seq: int, ts: int, ssrc: int, key: bool, pic: int, tl0: int, frame: bytes) -> bytes:
+    return make_rtp(seq=seq, ts=ts, ssrc=ssrc, pt=96,
+                    payload=make_vp8_payload(key, picture_id=pic, picture_id_bits=15, tl0picidx=tl0, frame=frame))
+
+
+def _pic_tl0(payload: bytes) -> tuple[int, int]:
+    assert payload[0] & 0x80 and payload[1] & 0xC0 == 0xC0 and payload[2] & 0x80
+    return ((payload[2] & 0x7F) << 8) | payload[3], payload[4]
+
+
+def test_layer_switch_waits_for_a_keyframe_and_keeps_the_stream_continuous(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1)
+    e = rig.engine
+    _, layers = _two_layers(rig)
+    c = e.add_consumer(rig.transport(rig.viewers[0]), layers[b"l"], payload_type=100, ssrc=0x1111,
+                       first_seq=1000, first_ts=5000)
+    # On the low layer: a keyframe then a delta frame.
+    rig.feed(_vp8(10, 90000, 0xA1, True, 300, 7, b"l0"))
+    rig.feed(_vp8(11, 93000, 0xA1, False, 301, 7, b"l1"))
+    e.set_consumer_producer(c, layers[b"h"])
+    assert e.consumer_producer(c) == layers[b"l"]  # not before the high layer's keyframe
+    rig.feed(_vp8(500, 70000, 0xA2, False, 9000, 200, b"h-delta"))  # a delta of the target: not yet
+    rig.feed(_vp8(12, 96000, 0xA1, False, 302, 7, b"l2"))          # the low layer still flows
+    time.sleep(0.02)
+    rig.feed(_vp8(501, 73000, 0xA2, True, 9001, 201, b"h-key"))    # the switch
+    rig.feed(_vp8(13, 99000, 0xA1, False, 303, 7, b"l3"))          # the old layer no longer reaches it
+    rig.feed(_vp8(502, 76000, 0xA2, False, 9002, 201, b"h-next"))
+    assert e.consumer_producer(c) == layers[b"h"]
+    got = [rtp(d) for d in rig.take(rig.viewers[0])]
+    assert len(got) == 5
+    assert [p["seq"] for p in got] == [1000, 1001, 1002, 1003, 1004]
+    assert got[3]["payload"].endswith(b"h-key") and got[4]["payload"].endswith(b"h-next")
+    assert {p["ssrc"] for p in got} == {0x1111}
+    # Timestamps: continuous before, moving forward across the switch by the elapsed time.
+    assert [p["ts"] - 5000 for p in got[:3]] == [0, 3000, 6000]
+    assert 1 <= (got[3]["ts"] - got[2]["ts"]) & 0xFFFFFFFF < 90000
+    assert (got[4]["ts"] - got[3]["ts"]) & 0xFFFFFFFF == 3000
+    # VP8 picture id and TL0PICIDX continue from the low layer's.
+    pics = [_pic_tl0(p["payload"]) for p in got]
+    assert pics == [(300, 7), (301, 7), (302, 7), (303, 8), (304, 8)]
+
+
+def test_nack_across_a_layer_switch(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1)
+    e = rig.engine
+    _, layers = _two_layers(rig)
+    viewer_t = rig.transport(rig.viewers[0])
+    c = e.add_consumer(viewer_t, layers[b"l"], payload_type=100, ssrc=0x1111, first_seq=1000)
+    rig.feed(_vp8(10, 0, 0xA1, True, 1, 1, b"l0"))
+    e.set_consumer_producer(c, layers[b"h"])
+    rig.feed(_vp8(500, 0, 0xA2, True, 50, 9, b"h0"))
+    rig.feed(_vp8(501, 3000, 0xA2, False, 51, 9, b"h1"))
+    rig.take(rig.viewers[0])
+    # 1000 went out from the low layer, 1001 and 1002 from the high one.
+    rig.feed(make_rtcp_nack(1, 0x1111, [(1000, 0b11)]), rig.viewers[0])
+    resent = [rtp(d) for d in rig.take(rig.viewers[0])]
+    assert [p["seq"] for p in resent] == [1001, 1002]
+    assert resent[0]["payload"].endswith(b"h0") and _pic_tl0(resent[0]["payload"]) == (2, 2)
+    assert drops(rig.engine)["nack_not_in_buffer"] == 1
+
+
+def test_switch_target_changes_and_removal(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1)
+    e = rig.engine
+    _, layers = _two_layers(rig)
+    c = e.add_consumer(rig.transport(rig.viewers[0]), layers[b"l"], payload_type=100, ssrc=0x1111)
+    # Not started yet: the move is immediate.
+    e.set_consumer_producer(c, layers[b"h"])
+    assert e.consumer_producer(c) == layers[b"h"]
+    rig.feed(_vp8(1, 0, 0xA2, True, 5, 1, b"h0"))
+    e.set_consumer_producer(c, layers[b"l"])   # pending
+    e.set_consumer_producer(c, layers[b"h"])   # changed its mind: stays, nothing pending
+    rig.feed(_vp8(1, 0, 0xA1, True, 5, 1, b"l0"))
+    assert e.consumer_producer(c) == layers[b"h"]
+    e.set_consumer_producer(c, layers[b"l"])
+    e.remove_producer(layers[b"l"])             # the target goes away: the consumer stays put
+    rig.feed(_vp8(2, 3000, 0xA2, False, 6, 1, b"h1"))
+    got = [rtp(d)["payload"] for d in rig.take(rig.viewers[0])]
+    assert [p[-2:] for p in got] == [b"h0", b"h1"]
+    e.remove_consumer(c)
+    rig.feed(_vp8(3, 6000, 0xA2, False, 7, 1, b"h2"))
+    assert rig.take(rig.viewers[0]) == []
