@@ -727,6 +727,7 @@ cdef struct ConsumerRec:
     int last_pic
     int last_tl0
     int pic_reset
+    int fraction_lost  # from the viewer's last receiver report, /256
     # pacer: producer sequence numbers waiting for tokens
     uint16_t* queue
     int q_head
@@ -1198,7 +1199,8 @@ cdef class Engine:
     def consumer_stats(self, int c) -> dict:
         cdef ConsumerRec* cr = self._consumer(c)
         return {"packets_sent": cr.packets_sent, "bytes_sent": cr.bytes_sent,
-                "nacks_served": cr.nacks_served, "started": bool(cr.started), "paced": cr.q_len}
+                "nacks_served": cr.nacks_served, "started": bool(cr.started), "paced": cr.q_len,
+                "fraction_lost": cr.fraction_lost / 256.0}
 
     def request_keyframe(self, int p):
         """A viewer joined (or asked): one coalesced PLI to the publisher."""
@@ -1674,6 +1676,7 @@ cdef class Engine:
     cdef void _on_rtcp(self, int t, uint8_t* buf, int n, double now) except *:
         cdef TransportRec* tr = &self.transports[t]
         cdef int pos = 0, length, pt, fmt, end, i, shift
+        cdef int32_t c32
         cdef uint32_t sender, media, mantissa
         if tr.srtp_rx != NULL:
             if _srtp_unprotect_rtcp(tr.srtp_rx, buf, &n) != 0:
@@ -1696,6 +1699,15 @@ cdef class Engine:
             sender = _u32(buf + pos + 4)
             if pt == 200 and length >= 28:
                 self._on_sender_report(t, sender, buf + pos + 8, now)
+            elif pt == 201:
+                # Report blocks about our consumers' streams: their loss feeds the layer policy.
+                i = pos + 8
+                while i + 24 <= end:
+                    media = _u32(buf + i)
+                    c32 = _map_get(&self.consumer_map, _consumer_key(t, media))
+                    if c32 >= 0:
+                        self.consumers[c32].fraction_lost = buf[i + 4]
+                    i += 24
             elif pt == 205 and fmt == 1 and length >= 12:
                 media = _u32(buf + pos + 8)
                 i = pos + 12

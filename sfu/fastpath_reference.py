@@ -464,7 +464,7 @@ class _Consumer:
                  "first_ts", "seq_offset", "ts_offset", "rtx_seq", "packets_sent", "bytes_sent",
                  "nacks_served", "keyframe_asked", "queue", "target", "is_vp8", "last_seq", "last_ts",
                  "last_at", "switched", "switch_seq", "pic_offset", "tl0_offset", "last_pic", "last_tl0",
-                 "pic_reset")
+                 "pic_reset", "fraction_lost")
 
 
 def _slot(records: list, record: object) -> int:
@@ -717,6 +717,7 @@ class Engine:
         cr.switch_seq = cr.pic_offset = cr.tl0_offset = 0
         cr.last_pic = cr.last_tl0 = -1
         cr.pic_reset = False
+        cr.fraction_lost = 0
         c = _slot(self._consumers, cr)
         pr.consumers.append(c)
         self._consumer_map[(t, ssrc)] = c
@@ -766,7 +767,8 @@ class Engine:
     def consumer_stats(self, c: int) -> dict:
         cr = self._consumer(c)
         return {"packets_sent": cr.packets_sent, "bytes_sent": cr.bytes_sent,
-                "nacks_served": cr.nacks_served, "started": bool(cr.started), "paced": len(cr.queue)}
+                "nacks_served": cr.nacks_served, "started": bool(cr.started), "paced": len(cr.queue),
+                "fraction_lost": cr.fraction_lost / 256.0}
 
     def request_keyframe(self, p: int) -> None:
         """A viewer joined (or asked): one coalesced PLI to the publisher."""
@@ -1175,6 +1177,14 @@ class Engine:
             sender = _U32.unpack_from(buf, pos + 4)[0]
             if pt == 200 and length >= 28:
                 self._on_sender_report(t, sender, buf, pos + 8, now)
+            elif pt == 201:
+                # Report blocks about our consumers' streams: their loss feeds the layer policy.
+                i = pos + 8
+                while i + 24 <= end:
+                    c = self._consumer_map.get((t, _U32.unpack_from(buf, i)[0]), -1)
+                    if c >= 0:
+                        self._consumers[c].fraction_lost = buf[i + 4]
+                    i += 24
             elif pt == 205 and fmt == 1 and length >= 12:
                 media = _U32.unpack_from(buf, pos + 8)[0]
                 i = pos + 12

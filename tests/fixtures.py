@@ -77,9 +77,11 @@ def make_rtp(
     return bytes(packet)
 
 
-def make_rtcp_rr(ssrc: int = 1234) -> bytes:
-    """An RTCP receiver report with no report blocks (RFC 3550 §6.4.2)."""
-    return struct.pack("!BBHI", 0x80, 201, 1, ssrc)
+def make_rtcp_rr(ssrc: int = 1234, blocks: Iterable[tuple[int, int]] = ()) -> bytes:
+    """An RTCP receiver report (RFC 3550 §6.4.2); ``blocks``: (source SSRC, fraction lost /256)."""
+    blocks = tuple(blocks)
+    body = b"".join(struct.pack("!IB3sIIII", source, fraction, bytes(3), 0, 0, 0, 0) for source, fraction in blocks)
+    return struct.pack("!BBHI", 0x80 | len(blocks), 201, 1 + len(body) // 4, ssrc) + body
 
 
 def make_vp8_payload(

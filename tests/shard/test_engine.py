@@ -1611,3 +1611,15 @@ def test_switch_target_changes_and_removal(make_rig: Callable[..., Rig]) -> None
     e.remove_consumer(c)
     rig.feed(_vp8(3, 6000, 0xA2, False, 7, 1, b"h2"))
     assert rig.take(rig.viewers[0]) == []
+
+
+def test_viewer_loss_from_receiver_reports(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1)
+    e = rig.engine
+    _, layers = _two_layers(rig)
+    c = e.add_consumer(rig.transport(rig.viewers[0]), layers[b"l"], payload_type=100, ssrc=0x1111)
+    assert e.consumer_stats(c)["fraction_lost"] == 0
+    rig.feed(make_rtcp_rr(9, [(0x9999, 200), (0x1111, 64)]), rig.viewers[0])
+    assert e.consumer_stats(c)["fraction_lost"] == 0.25
+    rig.feed(make_rtcp_rr(9, [(0x1111, 128)]), rig.publisher)  # not this consumer's transport
+    assert e.consumer_stats(c)["fraction_lost"] == 0.25
