@@ -526,6 +526,33 @@ cdef bint _keyframe(int codec, const uint8_t* data, int pos, int end) noexcept n
     return False
 
 
+cdef int _vp8_keyframe_size(const uint8_t* data, int pos, int end, int* width, int* height) noexcept nogil:
+    """Frame size from a VP8 keyframe's first packet (RFC 6386 §9.1); 0 if not readable."""
+    cdef uint8_t d, x
+    if pos >= end:
+        return 0
+    d = data[pos]
+    pos += 1
+    if d & 0x80:
+        if pos >= end:
+            return 0
+        x = data[pos]
+        pos += 1
+        if x & 0x80:
+            if pos >= end:
+                return 0
+            pos += 2 if data[pos] & 0x80 else 1
+        if x & 0x40:
+            pos += 1
+        if x & 0x30:
+            pos += 1
+    if pos + 10 > end or data[pos + 3] != 0x9D or data[pos + 4] != 0x01 or data[pos + 5] != 0x2A:
+        return 0
+    width[0] = (data[pos + 6] | (data[pos + 7] << 8)) & 0x3FFF
+    height[0] = (data[pos + 8] | (data[pos + 9] << 8)) & 0x3FFF
+    return 1
+
+
 # --- a small open-addressing hash map: uint64 key -> int32 value ----------------------
 
 cdef struct MapEntry:
@@ -659,6 +686,8 @@ cdef struct ProducerRec:
     int mid_len
     uint8_t rid[16]   # simulcast layer (RFC 8852); empty for a single encoding
     int rid_len
+    int width         # from the last VP8 keyframe, 0 if unknown
+    int height
     # RFC 3550 receive statistics
     int started
     uint32_t base_seq
@@ -1088,7 +1117,7 @@ cdef class Engine:
             "lost": max(0, <int64_t>(pr.cycles + pr.max_seq) - pr.base_seq + 1 - pr.received) if pr.started else 0,
             "jitter": pr.jitter, "jitter_seconds": pr.jitter / pr.clock_rate if pr.clock_rate else 0.0,
             "keyframe_requests_sent": pr.pli_sent, "keyframe_requests_coalesced": pr.pli_coalesced,
-            "consumers": pr.n_consumers,
+            "consumers": pr.n_consumers, "width": pr.width, "height": pr.height,
         }
 
     # --- control: consumers -----------------------------------------------------------
@@ -1362,6 +1391,8 @@ cdef class Engine:
             pr.ring_len[i] = n
             pr.ring_seq[i] = h.seq
         key = pr.is_video and _keyframe(pr.codec, buf, h.payload_off, h.payload_off + h.payload_len)
+        if key and pr.codec == 1:
+            _vp8_keyframe_size(buf, h.payload_off, h.payload_off + h.payload_len, &pr.width, &pr.height)
         for i in range(pr.n_consumers):
             self._forward(pr.consumers[i], p, buf, &h, key, now, False)
 

@@ -74,6 +74,9 @@ class Consume(Struct):
     rtx_ssrc: int | None = None
     extensions: dict[str, int] = {}
     nack: bool = True
+    # Simulcast: every layer of the track (publisher's listed order) and the viewer's cap.
+    layer_producer_ids: list[str] = []
+    max_layer_rid: str = ""
 
 
 class GetStats(Struct):

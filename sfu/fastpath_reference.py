@@ -370,6 +370,30 @@ def _parse(p: bytes | bytearray, n: int, id_mid: int, id_abs: int, id_level: int
     return h
 
 
+def _vp8_keyframe_size(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
+    """Frame size from a VP8 keyframe's first packet (RFC 6386 §9.1); None if not readable."""
+    if pos >= end:
+        return None
+    d = data[pos]
+    pos += 1
+    if d & 0x80:
+        if pos >= end:
+            return None
+        x = data[pos]
+        pos += 1
+        if x & 0x80:
+            if pos >= end:
+                return None
+            pos += 2 if data[pos] & 0x80 else 1
+        if x & 0x40:
+            pos += 1
+        if x & 0x30:
+            pos += 1
+    if pos + 10 > end or data[pos + 3:pos + 6] != b"\x9d\x01\x2a":
+        return None
+    return (data[pos + 6] | (data[pos + 7] << 8)) & 0x3FFF, (data[pos + 8] | (data[pos + 9] << 8)) & 0x3FFF
+
+
 def _keyframe(codec: int, data: bytes | bytearray, pos: int, end: int) -> bool:
     if pos >= end:
         return False
@@ -454,7 +478,7 @@ class _Transport:
 
 class _Producer:
     __slots__ = ("transport", "is_video", "codec", "pt", "rtx_pt", "clock_rate", "ssrc",
-                 "rtx_ssrc", "has_ssrc", "has_rtx_ssrc", "mid", "rid", "stats", "ring", "last_pli",
+                 "rtx_ssrc", "has_ssrc", "has_rtx_ssrc", "mid", "rid", "width", "height", "stats", "ring", "last_pli",
                  "pli_pending", "pli_sent", "pli_coalesced", "consumers")
 
 
@@ -617,6 +641,7 @@ class Engine:
         pr.has_ssrc = pr.has_rtx_ssrc = False
         pr.mid = mid[:16]
         pr.rid = rid[:16]
+        pr.width = pr.height = 0
         pr.stats = RtpStreamStats(pr.clock_rate)
         pr.ring = RetransmissionBuffer(RING) if pr.is_video else None
         pr.last_pli = -1e9
@@ -671,7 +696,7 @@ class Engine:
             "lost": s.lost if s.started else 0,
             "jitter": s.jitter, "jitter_seconds": s.jitter / pr.clock_rate if pr.clock_rate else 0.0,
             "keyframe_requests_sent": pr.pli_sent, "keyframe_requests_coalesced": pr.pli_coalesced,
-            "consumers": len(pr.consumers),
+            "consumers": len(pr.consumers), "width": pr.width, "height": pr.height,
         }
 
     # --- control: consumers -----------------------------------------------------------
@@ -917,6 +942,10 @@ class Engine:
         if pr.ring is not None:
             pr.ring.store(h.seq, packet)
         key = pr.is_video and _keyframe(pr.codec, packet, h.payload_off, n)
+        if key and pr.codec == CODEC_VP8:
+            size = _vp8_keyframe_size(packet, h.payload_off, n)
+            if size is not None:
+                pr.width, pr.height = size
         for c in tuple(pr.consumers):
             self._forward(c, p, packet, h, key, now, False)
 

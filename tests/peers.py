@@ -320,5 +320,28 @@ class RawPeer:
                     break
         return packets
 
+    def recv_rtp(self, timeout_s: float = 1.0) -> list[tuple[int, int, bytes]]:
+        """(ssrc, seq, payload) of every RTP packet received within the timeout, decrypted."""
+        import socket
+        import time as _time
+
+        packets = []
+        deadline = _time.monotonic() + timeout_s
+        while True:
+            left = deadline - _time.monotonic()
+            if left <= 0:
+                return packets
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                return packets
+            if 128 <= data[0] < 192 and not 192 <= data[1] <= 223:
+                plain = self.srtp.unprotect(data)
+                off = 12 + 4 * (plain[0] & 0x0F)
+                if plain[0] & 0x10:
+                    off += 4 + 4 * int.from_bytes(plain[off + 2:off + 4], "big")
+                packets.append((int.from_bytes(plain[8:12], "big"), int.from_bytes(plain[2:4], "big"), plain[off:]))
+
     def close(self) -> None:
         self.sock.close()

@@ -5,7 +5,11 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
+from dataclasses import replace
+
 from aiortc.rtp import RtcpByePacket
+
+from ..simulcast.layer_policy import LayerPolicy, order_layers
 
 if TYPE_CHECKING:
     from .producer import Producer
@@ -34,6 +38,13 @@ class Consumer:
         self.producer = producer
         self.ssrc = ssrc
         self.closed = False
+        # Simulcast: the track's layers, the one being sent, and who decides.
+        self.layers: list[Producer] = []
+        self.layer: Producer = producer
+        self.max_layer_rid = ""
+        self.policy: LayerPolicy | None = None
+        self.simulcast = False
+        self.layer_switches = 0
         ids = extension_ids(extensions)
         # Random starting points (RFC 3550 §5.1) that then never jump: the viewer
         # sees one continuous stream whatever happens upstream.
@@ -48,7 +59,48 @@ class Consumer:
         producer.consumers.append(self)
 
     def request_keyframe(self) -> None:
-        self.producer.request_keyframe()
+        self.layer.request_keyframe()
+
+    def enable_simulcast(self, layers: list["Producer"], max_layer_rid: str = "") -> None:
+        self.layers = layers
+        self.max_layer_rid = max_layer_rid
+        self.policy = None  # made at the first estimate, starting from the layer joined on
+        self.simulcast = True
+
+    def update_layer(self, now: float) -> None:
+        """Feed the policy what the engine saw, and move to the layer it picks."""
+        if not self.simulcast or self.closed:
+            return
+        engine = self.transport.shard.engine
+        estimate = engine.transport_remb_bps(self.transport.slot)
+        if not estimate:
+            # A viewer that reports no bandwidth keeps the layer it joined on (the one
+            # asked for, else the top): guessing low would punish clients without REMB.
+            return
+        live = [p for p in self.layers if not p.closed]
+        if not live:
+            return
+        bitrates = {p.rid: p.bitrate_bps for p in live}
+        sizes = {p.rid: p.size for p in live if p.size is not None}
+        ranked = [replace(layer, active=bitrates[layer.rid] > 0)
+                  for layer in order_layers([p.rid for p in live], bitrates, sizes)]
+        if self.policy is None:
+            current = next((layer.spatial for layer in ranked if layer.rid == self.layer.rid), None)
+            self.policy = LayerPolicy(start_spatial=current)
+        self.policy.on_bandwidth_estimate(estimate, now)
+        self.policy.on_loss(engine.consumer_stats(self.slot)["fraction_lost"], now)
+        cap = next((layer.spatial for layer in ranked if layer.rid == self.max_layer_rid), None)
+        self.policy.set_requested_max(spatial=cap)
+        target = self.policy.decide(ranked, now)
+        if target is None:
+            return
+        rid = ranked[target.spatial].rid
+        want = next(p for p in live if p.rid == rid)
+        if want is not self.layer:
+            engine.set_consumer_producer(self.slot, want.slot)
+            self.layer = want
+            self.layer_switches += 1
+            self.transport.shard.layer_switches += 1
 
     def on_producer_closed(self) -> None:
         """Tell the viewer the stream ended (RTCP BYE) so its track ends cleanly."""

@@ -36,6 +36,10 @@ class Producer:
         self.rid = rid
         self.consumers: list[Consumer] = []
         self.closed = False
+        self.bitrate_bps = 0.0  # measured by the shard's simulcast tick
+        self.size: tuple[int, int] | None = None  # from the last VP8 keyframe
+        self._bytes_seen = 0
+        self._bytes_at = 0.0
         self.slot = transport.shard.engine.add_producer(
             transport.slot, video=kind == "video", codec=CODECS.get(codec, fastpath.CODEC_OTHER),
             payload_type=payload_type, clock_rate=clock_rate,
@@ -48,6 +52,18 @@ class Producer:
 
     def stats(self) -> dict[str, Any]:
         return self.transport.shard.engine.producer_stats(self.slot)
+
+    def measure_bitrate(self, now: float) -> None:
+        """Incoming bitrate since the last call: what one simulcast layer costs a viewer."""
+        stats = self.stats()
+        if stats["width"]:
+            self.size = (stats["width"], stats["height"])
+        received = stats["bytes"]
+        if self._bytes_at:
+            elapsed = now - self._bytes_at
+            if elapsed > 0:
+                self.bitrate_bps = (received - self._bytes_seen) * 8 / elapsed
+        self._bytes_seen, self._bytes_at = received, now
 
     def close(self) -> None:
         if self.closed:

@@ -26,6 +26,7 @@ from .webrtc_transport import WebRtcTransport
 log = structlog.get_logger("sfu.shard")
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 RTCP_REPORT_INTERVAL_S = 1.0
+SIMULCAST_INTERVAL_S = 0.25  # how often each simulcast consumer's layer is reconsidered
 
 
 class Shard:
@@ -50,6 +51,7 @@ class Shard:
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
         self.drops: Counter[str] = Counter()  # drops decided in Python (STUN, DTLS)
+        self.layer_switches = 0
         self.sock: socket.socket | None = None
         self.engine: Any = None
         self._engine_options = dict(
@@ -79,6 +81,7 @@ class Shard:
         self.loop.add_reader(sock.fileno(), self.engine.on_readable)
         self._engine_timer = self.loop.call_later(0.02, self._engine_tick)
         self._tick_task = self.loop.create_task(self._tick())
+        self._simulcast_task = self.loop.create_task(self._simulcast_tick())
         return sock.getsockname()[1]
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -141,6 +144,16 @@ class Shard:
                 else:
                     transport.send_receiver_reports()
                     transport.release_dtls_if_done()
+
+    async def _simulcast_tick(self) -> None:
+        while True:
+            await asyncio.sleep(SIMULCAST_INTERVAL_S)
+            now = self.loop.time()
+            for producer in self.producers.values():
+                if producer.rid:
+                    producer.measure_bitrate(now)
+            for consumer in list(self.consumers.values()):
+                consumer.update_layer(now)
 
     # --- control -----------------------------------------------------------------------
 
@@ -209,6 +222,9 @@ class Shard:
             )
             transport.consumers[consumer.id] = consumer
             self.consumers[consumer.id] = consumer
+            layers = [self.producers[i] for i in body.layer_producer_ids if i in self.producers]
+            if len(layers) > 1:
+                consumer.enable_simulcast(layers, body.max_layer_rid)
             if transport.srtp is not None:
                 consumer.request_keyframe()
             return None
@@ -245,15 +261,27 @@ class Shard:
             "producers": len(self.producers),
             "consumers": len(self.consumers),
             **self.engine.totals(),
+            "layer_switches": self.layer_switches,
+            "consumers_by_layer": self._consumers_by_layer(),
             "drops": dict(drops),
             "jitter_seconds": {p.id: p.stats()["jitter_seconds"] for p in self.producers.values()},
         }
+
+    def _consumers_by_layer(self) -> dict[str, int]:
+        """Simulcast consumers per layer rank (0 = lowest), as last decided."""
+        counts: dict[str, int] = {}
+        for consumer in self.consumers.values():
+            if consumer.policy is not None and consumer.policy.target is not None:
+                key = str(consumer.policy.target.spatial)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def close(self) -> None:
         for transport in list(self.transports.values()):
             self.close_transport(transport, "shard shutting down")
         if self._tick_task is not None:
             self._tick_task.cancel()
+            self._simulcast_task.cancel()
         if self._engine_timer is not None:
             self._engine_timer.cancel()
         if self.sock is not None:

@@ -37,6 +37,14 @@ class ShardCollector(Collector):
         yield family(CounterMetricFamily, "sfu_rtp_packets_sent", "RTP packets sent to viewers", "packets_out")
         yield family(CounterMetricFamily, "sfu_rtp_sent_bytes", "SRTP bytes sent to viewers", "bytes_out")
         yield family(CounterMetricFamily, "sfu_nacks_received", "RTCP NACK packets received from viewers", "nacks_received")
+        yield family(CounterMetricFamily, "sfu_simulcast_layer_switches", "Simulcast layer changes decided for consumers",
+                     "layer_switches")
+        layers = GaugeMetricFamily("sfu_simulcast_consumers", "Simulcast consumers by current layer (0 = lowest)",
+                                   labels=["shard", "layer"])
+        for s in self.stats:
+            for layer, count in sorted(s.get("consumers_by_layer", {}).items()):
+                layers.add_metric([str(s["shard"]), layer], count)
+        yield layers
         yield family(CounterMetricFamily, "sfu_nack_retransmissions", "Packets resent to answer NACKs", "nacks_served")
         keyframes = CounterMetricFamily("sfu_keyframe_requests", "Keyframe requests (PLI/FIR)",
                                         labels=["shard", "direction"])

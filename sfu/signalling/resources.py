@@ -198,7 +198,9 @@ class Resources:
         if isinstance(offer, web.Response):
             return offer
         room = self.s.rooms.room(room_name)
-        producers = select_layers(room.producers() if room is not None else [], request.query.get("layer"))
+        published = room.producers() if room is not None else []
+        layer = request.query.get("layer", "")
+        producers = select_layers(published, layer)
         if not producers:
             return error(409, f"nothing is published in room {room_name!r} yet",
                          **{"Retry-After": str(RETRY_AFTER_S)})
@@ -220,8 +222,11 @@ class Resources:
                 m = media[index]
                 consumer_id = secrets.token_urlsafe(12)
                 nack = "nack" in codec.rtcp_fb
+                chosen = by_track[id(track)]
+                layers = [p.id for p in published if chosen.track_id and p.track_id == chosen.track_id]
                 await shard.request(control.Consume(
-                    transport_id=session.id, consumer_id=consumer_id, producer_id=by_track[id(track)].id,
+                    transport_id=session.id, consumer_id=consumer_id, producer_id=chosen.id,
+                    layer_producer_ids=layers if len(layers) > 1 else [], max_layer_rid=layer,
                     mid=m.offer.mid, payload_type=codec.payload_type, ssrc=track.send_ssrc,
                     rtx_payload_type=codec.rtx_payload_type if nack else None,
                     rtx_ssrc=track.send_rtx_ssrc if nack and codec.rtx_payload_type is not None else None,

@@ -97,3 +97,71 @@ async def test_viewers_choose_a_simulcast_layer(sfu_server):
         for viewer in viewers.values():
             await viewer.close()
         publisher.close()
+
+
+async def test_viewer_follows_its_bandwidth_between_layers(sfu_server):
+    from aiortc.rtp import RtcpPsfbPacket, pack_remb_fci
+
+    publisher = peers.RawPeer(sfu_server.rtc_port)
+    publisher.offer_filter = simulcast_offer
+    await publisher.join(sfu_server.base_url, "adaptive")
+    video = publisher.answer.split("m=video ")[1]
+    pt = int(video.split()[2])
+    mid = video.split("a=mid:")[1].split()[0].encode()
+    mid_id = int(video.split(" urn:ietf:params:rtp-hdrext:sdes:mid")[0].rsplit("a=extmap:", 1)[1])
+    frames = {rid: vp8_packets(w, h, 60) for rid, (w, h, _) in LAYERS.items()}
+
+    async def send() -> None:
+        seq = {rid: 0 for rid in LAYERS}
+        n = 0
+        while True:
+            for rid, (_, _, ssrc) in LAYERS.items():
+                payloads = frames[rid][n % 60]
+                for i, payload in enumerate(payloads):
+                    packet = rtp(seq[rid], n * 3000, ssrc, pt, i == len(payloads) - 1, mid_id, mid, rid.encode(),
+                                 payload)
+                    publisher.send(publisher.srtp.protect(packet))
+                    seq[rid] += 1
+            n += 1
+            await asyncio.sleep(1 / 30)
+
+    viewer = peers.RawPeer(sfu_server.rtc_port)
+    viewer.ufrag = "view"
+    sender = asyncio.ensure_future(send())
+    try:
+        await asyncio.sleep(0.3)
+        await viewer.join(sfu_server.base_url, "adaptive", kind="whep")
+        consumer_ssrc = int(viewer.answer.split("m=video ")[1].split("a=ssrc:")[1].split()[0])
+
+        def remb(bps: int) -> None:
+            viewer.send(viewer.srtp.protect_rtcp(bytes(RtcpPsfbPacket(
+                fmt=15, ssrc=7, media_ssrc=0, fci=pack_remb_fci(bps, [consumer_ssrc])))))
+
+        def layer_counts() -> dict[str, float]:
+            m = sfu_server.metrics()
+            return {k.split('layer="')[1].split('"')[0]: v for k, v in m.items()
+                    if k.startswith("sfu_simulcast_consumers{")}
+
+        async def watch(seconds: float, bps: int) -> list[tuple[int, int, bytes]]:
+            got: list[tuple[int, int, bytes]] = []
+            for _ in range(int(seconds / 0.25)):
+                remb(bps)
+                got += await asyncio.to_thread(viewer.recv_rtp, 0.25)
+            return got
+
+        before = await watch(1.5, 10_000_000)  # plenty: stays on the top layer it joined on
+        assert layer_counts() == {"1": 1}
+        squeezed = await watch(2.5, 8_000)     # below any layer (they run at ~20-30 kbit/s): down to the lowest
+        assert layer_counts() == {"0": 1}
+        recovered = await watch(5.0, 10_000_000)
+        assert layer_counts() == {"1": 1}
+        assert sfu_server.metrics()["sfu_simulcast_layer_switches_total"] == 2
+        # One continuous stream for the viewer: same SSRC, no gap in sequence numbers.
+        video_packets = [p for p in before + squeezed + recovered if p[0] == consumer_ssrc]
+        seqs = [p[1] for p in video_packets]
+        assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:])), "gap in the viewer's sequence"
+        assert len(video_packets) > 100
+    finally:
+        sender.cancel()
+        viewer.close()
+        publisher.close()
