@@ -45,6 +45,7 @@ class Consumer:
         self.policy: LayerPolicy | None = None
         self.simulcast = False
         self.layer_switches = 0
+        self._switch_asked_at: float | None = None  # decided, waiting for the layer's keyframe
         ids = extension_ids(extensions)
         # Random starting points (RFC 3550 §5.1) that then never jump: the viewer
         # sees one continuous stream whatever happens upstream.
@@ -72,6 +73,10 @@ class Consumer:
         if not self.simulcast or self.closed:
             return
         engine = self.transport.shard.engine
+        if self._switch_asked_at is not None and engine.consumer_producer(self.slot) == self.layer.slot:
+            # The engine made the move on the layer's keyframe: that wait is the switch time.
+            self.transport.shard.switch_seconds.append(now - self._switch_asked_at)
+            self._switch_asked_at = None
         estimate = engine.transport_remb_bps(self.transport.slot)
         if not estimate:
             # A viewer that reports no bandwidth keeps the layer it joined on (the one
@@ -98,6 +103,7 @@ class Consumer:
         want = next(p for p in live if p.rid == rid)
         if want is not self.layer:
             engine.set_consumer_producer(self.slot, want.slot)
+            self._switch_asked_at = now
             self.layer = want
             self.layer_switches += 1
             self.transport.shard.layer_switches += 1

@@ -52,6 +52,7 @@ class Shard:
         self.consumers: dict[str, Consumer] = {}
         self.drops: Counter[str] = Counter()  # drops decided in Python (STUN, DTLS)
         self.layer_switches = 0
+        self.switch_seconds: list[float] = []  # decision -> switch, drained by each stats report
         self.sock: socket.socket | None = None
         self.engine: Any = None
         self._engine_options = dict(
@@ -262,10 +263,15 @@ class Shard:
             "consumers": len(self.consumers),
             **self.engine.totals(),
             "layer_switches": self.layer_switches,
+            "switch_seconds": self._drain_switch_times(),
             "consumers_by_layer": self._consumers_by_layer(),
             "drops": dict(drops),
             "jitter_seconds": {p.id: p.stats()["jitter_seconds"] for p in self.producers.values()},
         }
+
+    def _drain_switch_times(self) -> list[float]:
+        times, self.switch_seconds = self.switch_seconds, []
+        return times
 
     def _consumers_by_layer(self) -> dict[str, int]:
         """Simulcast consumers per layer rank (0 = lowest), as last decided."""

@@ -155,7 +155,11 @@ async def test_viewer_follows_its_bandwidth_between_layers(sfu_server):
         assert layer_counts() == {"0": 1}
         recovered = await watch(5.0, 10_000_000)
         assert layer_counts() == {"1": 1}
-        assert sfu_server.metrics()["sfu_simulcast_layer_switches_total"] == 2
+        metrics = sfu_server.metrics()
+        assert metrics["sfu_simulcast_layer_switches_total"] == 2
+        # Each switch waited for the new layer's keyframe: at most the 1 s GOP plus a tick.
+        assert metrics["sfu_simulcast_switch_seconds_count"] == 2
+        assert 0 < metrics["sfu_simulcast_switch_seconds_sum"] < 2 * 1.5
         # One continuous stream for the viewer: same SSRC, no gap in sequence numbers.
         video_packets = [p for p in before + squeezed + recovered if p[0] == consumer_ssrc]
         seqs = [p[1] for p in video_packets]
