@@ -58,88 +58,35 @@ cdef inline void _put32(unsigned char* p, unsigned int v) noexcept nogil:
 
 
 def parse_rtp(const unsigned char[::1] data, ExtIds ids):
-    cdef Py_ssize_t n = data.shape[0]
-    cdef Py_ssize_t pos, end, padding = 0
-    cdef const unsigned char* p
+    """The engine's own header parser (``_parse``), exposed to Python for tests and tools."""
+    cdef Hdr h
+    cdef int r, n = <int>min(data.shape[0], 0x7FFFFFFF)
     if n < 12:
         raise RtpError("rtp_truncated")
-    p = &data[0]
-    if p[0] >> 6 != 2:
-        raise RtpError("rtp_bad_version")
-    cdef int cc = p[0] & 0x0F
-    pos = 12 + 4 * cc
-    if pos > n:
-        raise RtpError("rtp_truncated")
+    cdef const uint8_t* p = &data[0]
+    r = _parse(p, n, ids.mid, ids.abs_send_time, ids.audio_level, ids.rid, ids.repaired_rid, &h)
+    if r < 0:
+        raise RtpError(DROP_REASONS[-1 - r])
     cdef RtpInfo info = RtpInfo.__new__(RtpInfo)
-    info.payload_type = p[1] & 0x7F
-    info.marker = p[1] >> 7
-    info.sequence = _u16(p + 2)
-    info.timestamp = _u32(p + 4)
-    info.ssrc = _u32(p + 8)
-    info.csrc_count = cc
-    if p[0] & 0x10:
-        if pos + 4 > n:
-            raise RtpError("rtp_truncated")
-        end = pos + 4 + 4 * <Py_ssize_t>_u16(p + pos + 2)
-        if end > n:
-            raise RtpError("rtp_truncated")
-        _parse_extensions(p, pos + 4, end, _u16(p + pos), ids, info)
-        pos = end
-    if p[0] & 0x20:
-        if n == pos:
-            raise RtpError("rtp_bad_padding")
-        padding = p[n - 1]
-        if padding == 0 or pos + padding > n:
-            raise RtpError("rtp_bad_padding")
-    info.payload_offset = pos
-    info.payload_length = n - pos - padding
+    info.payload_type = h.pt
+    info.marker = h.marker
+    info.sequence = h.seq
+    info.timestamp = h.ts
+    info.ssrc = h.ssrc
+    info.csrc_count = h.cc
+    info.payload_offset = h.payload_off
+    info.payload_length = h.payload_len
+    if h.mid_off >= 0:
+        info.mid = PyBytes_FromStringAndSize(<const char*>p + h.mid_off, h.mid_len)
+    if h.rid_off >= 0:
+        info.rid = PyBytes_FromStringAndSize(<const char*>p + h.rid_off, h.rid_len)
+    if h.rrid_off >= 0:
+        info.repaired_rid = PyBytes_FromStringAndSize(<const char*>p + h.rrid_off, h.rrid_len)
+    if h.abs_off >= 0:
+        info.abs_send_time = PyBytes_FromStringAndSize(<const char*>p + h.abs_off, 3)
+    if h.level_off >= 0:
+        info.audio_level = PyBytes_FromStringAndSize(<const char*>p + h.level_off, 1)
     return info
-
-
-cdef int _parse_extensions(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,
-                           unsigned int profile, ExtIds ids, RtpInfo info) except -1:
-    cdef bint two_byte
-    cdef int ext_id
-    cdef Py_ssize_t length
-    if profile == 0xBEDE:
-        two_byte = False
-    elif profile & 0xFFF0 == 0x1000:
-        two_byte = True
-    else:
-        return 0
-    while pos < end:
-        if two_byte:
-            ext_id = p[pos]
-            if ext_id == 0:
-                pos += 1
-                continue
-            if pos + 2 > end:
-                raise RtpError("rtp_bad_extension")
-            length = p[pos + 1]
-            pos += 2
-        else:
-            if p[pos] == 0:
-                pos += 1
-                continue
-            ext_id = p[pos] >> 4
-            if ext_id == 15:
-                return 0
-            length = (p[pos] & 0x0F) + 1
-            pos += 1
-        if pos + length > end:
-            raise RtpError("rtp_bad_extension")
-        if ext_id == ids.mid:
-            info.mid = PyBytes_FromStringAndSize(<const char*>p + pos, length)
-        elif ext_id == ids.rid:
-            info.rid = PyBytes_FromStringAndSize(<const char*>p + pos, length)
-        elif ext_id == ids.repaired_rid:
-            info.repaired_rid = PyBytes_FromStringAndSize(<const char*>p + pos, length)
-        elif ext_id == ids.abs_send_time and length == 3:
-            info.abs_send_time = PyBytes_FromStringAndSize(<const char*>p + pos, length)
-        elif ext_id == ids.audio_level and length == 1:
-            info.audio_level = PyBytes_FromStringAndSize(<const char*>p + pos, length)
-        pos += length
-    return 0
 
 
 def rewrite_rtp(const unsigned char[::1] data, RtpInfo info, int payload_type, unsigned int sequence,
@@ -225,54 +172,12 @@ def unwrap_rtx(const unsigned char[::1] data, RtpInfo info, int payload_type, un
 
 
 def is_keyframe(int codec, const unsigned char[::1] data, RtpInfo info):
+    """Whether this packet starts a keyframe: the engine's ``_keyframe``, for Python callers."""
     cdef Py_ssize_t pos = info.payload_offset
     cdef Py_ssize_t end = pos + info.payload_length
-    cdef unsigned char d, x
-    cdef int nal
-    cdef Py_ssize_t size
-    if end > data.shape[0] or pos < 0:
+    if pos < 0 or end > data.shape[0] or pos >= end:
         return False
-    if codec == 1:  # VP8
-        if pos >= end:
-            return False
-        d = data[pos]
-        if not d & 0x10 or d & 0x07:
-            return False
-        pos += 1
-        if d & 0x80:
-            if pos >= end:
-                return False
-            x = data[pos]
-            pos += 1
-            if x & 0x80:
-                if pos >= end:
-                    return False
-                pos += 2 if data[pos] & 0x80 else 1
-            if x & 0x40:
-                pos += 1
-            if x & 0x30:
-                pos += 1
-        return pos < end and not data[pos] & 0x01
-    if codec == 2:  # H264
-        if pos >= end:
-            return False
-        nal = data[pos] & 0x1F
-        if nal == 5 or nal == 7:
-            return True
-        if nal == 24:
-            pos += 1
-            while pos + 2 < end:
-                size = (data[pos] << 8) | data[pos + 1]
-                if size == 0 or pos + 2 + size > end:
-                    return False
-                if data[pos + 2] & 0x1F in (5, 7):
-                    return True
-                pos += 2 + size
-            return False
-        if nal == 28:
-            return pos + 1 < end and (data[pos + 1] & 0x80) != 0 and (data[pos + 1] & 0x1F) in (5, 7)
-        return False
-    return False
+    return _keyframe(codec, &data[0], <int>pos, <int>end)
 
 
 # =====================================================================================
@@ -489,23 +394,10 @@ cdef bint _keyframe(int codec, const uint8_t* data, int pos, int end) noexcept n
         return False
     if codec == 1:
         d = data[pos]
-        if not d & 0x10 or d & 0x07:
+        if not d & 0x10 or d & 0x07:  # S bit, partition 0
             return False
-        pos += 1
-        if d & 0x80:
-            if pos >= end:
-                return False
-            x = data[pos]
-            pos += 1
-            if x & 0x80:
-                if pos >= end:
-                    return False
-                pos += 2 if data[pos] & 0x80 else 1
-            if x & 0x40:
-                pos += 1
-            if x & 0x30:
-                pos += 1
-        return pos < end and not data[pos] & 0x01
+        pos = _vp8_header(data, pos, end)
+        return pos >= 0 and pos < end and not data[pos] & 0x01  # P bit 0 = keyframe
     if codec == 2:
         nal = data[pos] & 0x1F
         if nal == 5 or nal == 7:
@@ -526,27 +418,32 @@ cdef bint _keyframe(int codec, const uint8_t* data, int pos, int end) noexcept n
     return False
 
 
-cdef int _vp8_keyframe_size(const uint8_t* data, int pos, int end, int* width, int* height) noexcept nogil:
-    """Frame size from a VP8 keyframe's first packet (RFC 6386 §9.1); 0 if not readable."""
-    cdef uint8_t d, x
-    if pos >= end:
-        return 0
-    d = data[pos]
+cdef int _vp8_header(const uint8_t* data, int pos, int end) noexcept nogil:
+    """Offset of the VP8 payload header after the RFC 7741 descriptor at pos; -1 if cut short."""
+    cdef uint8_t d = data[pos], x
     pos += 1
-    if d & 0x80:
+    if d & 0x80:  # X: extension byte
         if pos >= end:
-            return 0
+            return -1
         x = data[pos]
         pos += 1
-        if x & 0x80:
+        if x & 0x80:  # I: picture id, 7 or 15 bits
             if pos >= end:
-                return 0
+                return -1
             pos += 2 if data[pos] & 0x80 else 1
-        if x & 0x40:
+        if x & 0x40:  # L: TL0PICIDX
             pos += 1
-        if x & 0x30:
+        if x & 0x30:  # T or K: TID/Y/KEYIDX byte
             pos += 1
-    if pos + 10 > end or data[pos + 3] != 0x9D or data[pos + 4] != 0x01 or data[pos + 5] != 0x2A:
+    return pos
+
+
+cdef int _vp8_keyframe_size(const uint8_t* data, int pos, int end, int* width, int* height) noexcept nogil:
+    """Frame size from a VP8 keyframe's first packet (RFC 6386 §9.1); 0 if not readable."""
+    if pos >= end:
+        return 0
+    pos = _vp8_header(data, pos, end)
+    if pos < 0 or pos + 10 > end or data[pos + 3] != 0x9D or data[pos + 4] != 0x01 or data[pos + 5] != 0x2A:
         return 0
     width[0] = (data[pos + 6] | (data[pos + 7] << 8)) & 0x3FFF
     height[0] = (data[pos + 8] | (data[pos + 9] << 8)) & 0x3FFF

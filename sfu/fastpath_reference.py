@@ -203,50 +203,12 @@ def unwrap_rtx(data: bytes, info: RtpInfo, payload_type: int, ssrc: int) -> byte
 
 
 def is_keyframe(codec: int, data: bytes, info: RtpInfo) -> bool:
-    """Whether this packet starts a keyframe (VP8 RFC 7741, H264 RFC 6184)."""
+    """Whether this packet starts a keyframe (VP8 RFC 7741, H264 RFC 6184): the engine's ``_keyframe``."""
     pos = info.payload_offset
     end = pos + info.payload_length
-    if codec == CODEC_VP8:
-        if pos >= end:
-            return False
-        d = data[pos]
-        if not d & 0x10 or d & 0x07:  # S bit, partition 0
-            return False
-        pos += 1
-        if d & 0x80:  # X: extension byte
-            if pos >= end:
-                return False
-            x = data[pos]
-            pos += 1
-            if x & 0x80:  # I: picture id
-                if pos >= end:
-                    return False
-                pos += 2 if data[pos] & 0x80 else 1
-            if x & 0x40:  # L: TL0PICIDX
-                pos += 1
-            if x & 0x30:  # T or K
-                pos += 1
-        return pos < end and not data[pos] & 0x01  # P bit 0 = keyframe
-    if codec == CODEC_H264:
-        if pos >= end:
-            return False
-        nal = data[pos] & 0x1F
-        if nal in (5, 7):
-            return True
-        if nal == 24:  # STAP-A: walk the aggregated NAL units
-            pos += 1
-            while pos + 2 < end:
-                size = (data[pos] << 8) | data[pos + 1]
-                if size == 0 or pos + 2 + size > end:
-                    return False
-                if data[pos + 2] & 0x1F in (5, 7):
-                    return True
-                pos += 2 + size
-            return False
-        if nal == 28:  # FU-A: start fragment of an IDR
-            return pos + 1 < end and bool(data[pos + 1] & 0x80) and data[pos + 1] & 0x1F in (5, 7)
+    if pos < 0 or end > len(data) or pos >= end:
         return False
-    return False
+    return _keyframe(codec, data, pos, end)
 
 
 # =====================================================================================
@@ -370,26 +332,32 @@ def _parse(p: bytes | bytearray, n: int, id_mid: int, id_abs: int, id_level: int
     return h
 
 
+def _vp8_header(data: bytes | bytearray, pos: int, end: int) -> int:
+    """Offset of the VP8 payload header after the RFC 7741 descriptor at pos; -1 if cut short."""
+    d = data[pos]
+    pos += 1
+    if d & 0x80:  # X: extension byte
+        if pos >= end:
+            return -1
+        x = data[pos]
+        pos += 1
+        if x & 0x80:  # I: picture id, 7 or 15 bits
+            if pos >= end:
+                return -1
+            pos += 2 if data[pos] & 0x80 else 1
+        if x & 0x40:  # L: TL0PICIDX
+            pos += 1
+        if x & 0x30:  # T or K: TID/Y/KEYIDX byte
+            pos += 1
+    return pos
+
+
 def _vp8_keyframe_size(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
     """Frame size from a VP8 keyframe's first packet (RFC 6386 §9.1); None if not readable."""
     if pos >= end:
         return None
-    d = data[pos]
-    pos += 1
-    if d & 0x80:
-        if pos >= end:
-            return None
-        x = data[pos]
-        pos += 1
-        if x & 0x80:
-            if pos >= end:
-                return None
-            pos += 2 if data[pos] & 0x80 else 1
-        if x & 0x40:
-            pos += 1
-        if x & 0x30:
-            pos += 1
-    if pos + 10 > end or data[pos + 3:pos + 6] != b"\x9d\x01\x2a":
+    pos = _vp8_header(data, pos, end)
+    if pos < 0 or pos + 10 > end or data[pos + 3:pos + 6] != b"\x9d\x01\x2a":
         return None
     return (data[pos + 6] | (data[pos + 7] << 8)) & 0x3FFF, (data[pos + 8] | (data[pos + 9] << 8)) & 0x3FFF
 
@@ -399,23 +367,10 @@ def _keyframe(codec: int, data: bytes | bytearray, pos: int, end: int) -> bool:
         return False
     if codec == CODEC_VP8:
         d = data[pos]
-        if not d & 0x10 or d & 0x07:
+        if not d & 0x10 or d & 0x07:  # S bit, partition 0
             return False
-        pos += 1
-        if d & 0x80:
-            if pos >= end:
-                return False
-            x = data[pos]
-            pos += 1
-            if x & 0x80:
-                if pos >= end:
-                    return False
-                pos += 2 if data[pos] & 0x80 else 1
-            if x & 0x40:
-                pos += 1
-            if x & 0x30:
-                pos += 1
-        return pos < end and not data[pos] & 0x01
+        pos = _vp8_header(data, pos, end)
+        return 0 <= pos < end and not data[pos] & 0x01  # P bit 0 = keyframe
     if codec == CODEC_H264:
         nal = data[pos] & 0x1F
         if nal == 5 or nal == 7:
