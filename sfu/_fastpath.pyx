@@ -603,6 +603,9 @@ cdef struct ProducerRec:
     uint8_t* ring
     uint16_t* ring_len
     int32_t* ring_seq
+    # the newest keyframe's first packet in the history: a joining viewer starts there
+    int32_t last_key_seq
+    uint32_t last_key_ts
     # keyframe request coalescing
     double last_pli
     int pli_pending
@@ -750,7 +753,7 @@ cdef class Engine:
     cdef uint64_t drops[<int>D_COUNT]
     cdef public uint64_t packets_in, bytes_in, packets_out, bytes_out
     cdef public uint64_t nacks_received, keyframe_requests_received, rtcp_in
-    cdef public uint64_t nacks_served, pli_sent, pli_coalesced
+    cdef public uint64_t nacks_served, pli_sent, pli_coalesced, keyframe_history_starts
     cdef int paced_consumers
 
     def __cinit__(self):
@@ -952,6 +955,7 @@ cdef class Engine:
         pr.rid_len = min(len(rid), 16)
         memcpy(pr.rid, <const char*>rid, pr.rid_len)
         pr.last_pli = -1e9
+        pr.last_key_seq = -1
         if video:
             pr.ring = <uint8_t*>malloc(RING * SLOT)
             pr.ring_len = <uint16_t*>calloc(RING, sizeof(uint16_t))
@@ -1128,8 +1132,62 @@ cdef class Engine:
                 "nacks_served": cr.nacks_served, "started": bool(cr.started), "paced": cr.q_len,
                 "fraction_lost": cr.fraction_lost / 256.0}
 
+    def start_consumer(self, int c) -> bool:
+        """A viewer is ready: start it from the history if it holds the whole current GOP.
+
+        The newest keyframe and every packet since are replayed through the pacer,
+        then live packets follow: the viewer decodes at once and the publisher gets
+        no PLI. Otherwise (no complete GOP in the history) one coalesced PLI asks for
+        a keyframe. Returns whether the history served.
+        """
+        cdef ConsumerRec* cr = self._consumer(c)
+        cdef double now = _now()
+        cdef bint served = False
+        if cr.producer >= 0 and not cr.started:
+            served = self._start_from_history(c, now)
+            if not served:
+                self._keyframe_request(cr.producer, now)
+        self._flush()
+        return served
+
+    cdef bint _start_from_history(self, int c, double now) except -1:
+        cdef ConsumerRec* cr = &self.consumers[c]
+        cdef ProducerRec* pr = &self.producers[cr.producer]
+        cdef TransportRec* pt = &self.transports[pr.transport]
+        cdef TransportRec* tr = &self.transports[cr.transport]
+        cdef int count, k, i
+        cdef uint16_t seq
+        cdef Hdr h
+        if not pr.is_video or pr.ring == NULL or pr.last_key_seq < 0 or not tr.has_addr or not tr.ready:
+            return False
+        count = ((pr.max_seq - pr.last_key_seq) & 0xFFFF) + 1
+        if count > PACER_QUEUE or count > RING:
+            return False
+        for k in range(count):
+            seq = (pr.last_key_seq + k) & 0xFFFF
+            if pr.ring_seq[seq % RING] != seq:
+                return False
+        i = pr.last_key_seq % RING
+        if _parse(pr.ring + i * SLOT, pr.ring_len[i], pt.id_mid, pt.id_abs, pt.id_level, 0, 0, &h) < 0:
+            return False
+        cr.started = 1
+        cr.seq_offset = (cr.first_seq - h.seq) & 0xFFFF
+        cr.ts_offset = cr.first_ts - h.ts
+        self.keyframe_history_starts += 1
+        for k in range(count):
+            seq = (pr.last_key_seq + k) & 0xFFFF
+            if self.pacer_enabled:
+                self._enqueue(cr, seq)
+            else:
+                i = seq % RING
+                if _parse(pr.ring + i * SLOT, pr.ring_len[i], pt.id_mid, pt.id_abs, pt.id_level, 0, 0, &h) >= 0:
+                    self._forward(c, cr.producer, pr.ring + i * SLOT, &h, k == 0, now, True)
+        if self.pacer_enabled:
+            self._drain(c, now)
+        return True
+
     def request_keyframe(self, int p):
-        """A viewer joined (or asked): one coalesced PLI to the publisher."""
+        """A viewer asked: one coalesced PLI to the publisher."""
         self._producer(p)
         self._keyframe_request(p, _now())
         self._flush()
@@ -1149,6 +1207,7 @@ cdef class Engine:
             "nacks_received": self.nacks_received, "nacks_served": self.nacks_served,
             "keyframe_requests_received": self.keyframe_requests_received,
             "keyframe_requests_sent": self.pli_sent, "keyframe_requests_coalesced": self.pli_coalesced,
+            "keyframe_history_starts": self.keyframe_history_starts,
         }
 
     # --- I/O ----------------------------------------------------------------------------
@@ -1288,8 +1347,12 @@ cdef class Engine:
             pr.ring_len[i] = n
             pr.ring_seq[i] = h.seq
         key = pr.is_video and _keyframe(pr.codec, buf, h.payload_off, h.payload_off + h.payload_len)
-        if key and pr.codec == 1:
-            _vp8_keyframe_size(buf, h.payload_off, h.payload_off + h.payload_len, &pr.width, &pr.height)
+        if key:
+            if pr.codec == 1:
+                _vp8_keyframe_size(buf, h.payload_off, h.payload_off + h.payload_len, &pr.width, &pr.height)
+            if h.seq == pr.max_seq and (pr.last_key_seq < 0 or h.ts != pr.last_key_ts):
+                pr.last_key_seq = h.seq
+                pr.last_key_ts = h.ts
         for i in range(pr.n_consumers):
             self._forward(pr.consumers[i], p, buf, &h, key, now, False)
 

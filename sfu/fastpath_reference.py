@@ -434,6 +434,7 @@ class _Transport:
 class _Producer:
     __slots__ = ("transport", "is_video", "codec", "pt", "rtx_pt", "clock_rate", "ssrc",
                  "rtx_ssrc", "has_ssrc", "has_rtx_ssrc", "mid", "rid", "width", "height", "stats", "ring", "last_pli",
+                 "last_key_seq", "last_key_ts",
                  "pli_pending", "pli_sent", "pli_coalesced", "consumers")
 
 
@@ -482,6 +483,7 @@ class Engine:
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
         self.nacks_received = self.keyframe_requests_received = self.rtcp_in = 0
         self.nacks_served = self.pli_sent = self.pli_coalesced = 0
+        self.keyframe_history_starts = 0
         self._paced_consumers = 0
 
     def __del__(self) -> None:
@@ -600,6 +602,8 @@ class Engine:
         pr.stats = RtpStreamStats(pr.clock_rate)
         pr.ring = RetransmissionBuffer(RING) if pr.is_video else None
         pr.last_pli = -1e9
+        pr.last_key_seq = -1
+        pr.last_key_ts = 0
         pr.pli_pending = False
         pr.pli_sent = pr.pli_coalesced = 0
         pr.consumers = []
@@ -750,8 +754,53 @@ class Engine:
                 "nacks_served": cr.nacks_served, "started": bool(cr.started), "paced": len(cr.queue),
                 "fraction_lost": cr.fraction_lost / 256.0}
 
+    def start_consumer(self, c: int) -> bool:
+        """A viewer is ready: start it from the history if it holds the whole current GOP,
+        else ask for a keyframe (one coalesced PLI). Returns whether the history served."""
+        cr = self._consumer(c)
+        now = time.monotonic()
+        served = False
+        if cr.producer >= 0 and not cr.started:
+            served = self._start_from_history(c, now)
+            if not served:
+                self._keyframe_request(cr.producer, now)
+        return served
+
+    def _start_from_history(self, c: int, now: float) -> bool:
+        cr = self._consumers[c]
+        pr = self._producers[cr.producer]
+        pt = self._transports[pr.transport]
+        tr = self._transports[cr.transport]
+        if not pr.is_video or pr.ring is None or pr.last_key_seq < 0 or not tr.has_addr or not tr.ready:
+            return False
+        count = ((pr.stats.max_seq - pr.last_key_seq) & 0xFFFF) + 1
+        if count > PACER_QUEUE or count > RING:
+            return False
+        seqs = [(pr.last_key_seq + k) & 0xFFFF for k in range(count)]
+        if any(pr.ring.get(seq) is None for seq in seqs):
+            return False
+        key = pr.ring.get(pr.last_key_seq)
+        h = _parse(key, len(key), pt.id_mid, pt.id_abs, pt.id_level)
+        if h.__class__ is int:
+            return False
+        cr.started = True
+        cr.seq_offset = (cr.first_seq - h.seq) & 0xFFFF
+        cr.ts_offset = (cr.first_ts - h.ts) & 0xFFFFFFFF
+        self.keyframe_history_starts += 1
+        for k, seq in enumerate(seqs):
+            if self.pacer_enabled:
+                self._enqueue(cr, seq)
+            else:
+                packet = pr.ring.get(seq)
+                h = _parse(packet, len(packet), pt.id_mid, pt.id_abs, pt.id_level)
+                if h.__class__ is not int:
+                    self._forward(c, cr.producer, packet, h, k == 0, now, True)
+        if self.pacer_enabled:
+            self._drain(c, now)
+        return True
+
     def request_keyframe(self, p: int) -> None:
-        """A viewer joined (or asked): one coalesced PLI to the publisher."""
+        """A viewer asked: one coalesced PLI to the publisher."""
         self._producer(p)
         self._keyframe_request(p, time.monotonic())
 
@@ -772,6 +821,7 @@ class Engine:
             "nacks_received": self.nacks_received, "nacks_served": self.nacks_served,
             "keyframe_requests_received": self.keyframe_requests_received,
             "keyframe_requests_sent": self.pli_sent, "keyframe_requests_coalesced": self.pli_coalesced,
+            "keyframe_history_starts": self.keyframe_history_starts,
         }
 
     # --- I/O ----------------------------------------------------------------------------
@@ -897,10 +947,13 @@ class Engine:
         if pr.ring is not None:
             pr.ring.store(h.seq, packet)
         key = pr.is_video and _keyframe(pr.codec, packet, h.payload_off, n)
-        if key and pr.codec == CODEC_VP8:
-            size = _vp8_keyframe_size(packet, h.payload_off, n)
-            if size is not None:
-                pr.width, pr.height = size
+        if key:
+            if pr.codec == CODEC_VP8:
+                size = _vp8_keyframe_size(packet, h.payload_off, n)
+                if size is not None:
+                    pr.width, pr.height = size
+            if h.seq == pr.stats.max_seq and (pr.last_key_seq < 0 or h.ts != pr.last_key_ts):
+                pr.last_key_seq, pr.last_key_ts = h.seq, h.ts
         for c in tuple(pr.consumers):
             self._forward(c, p, packet, h, key, now, False)
 

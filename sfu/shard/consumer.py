@@ -62,6 +62,10 @@ class Consumer:
     def request_keyframe(self) -> None:
         self.layer.request_keyframe()
 
+    def start(self) -> None:
+        """The viewer's transport is ready: begin from the history's GOP, else ask for a keyframe."""
+        self.transport.shard.engine.start_consumer(self.slot)
+
     def enable_simulcast(self, layers: list["Producer"], max_layer_rid: str = "") -> None:
         self.layers = layers
         self.max_layer_rid = max_layer_rid

@@ -227,7 +227,7 @@ class Shard:
             if len(layers) > 1:
                 consumer.enable_simulcast(layers, body.max_layer_rid)
             if transport.srtp is not None:
-                consumer.request_keyframe()
+                consumer.start()
             return None
         if isinstance(body, control.RestartIce):
             transport = self._transport(body.transport_id)

@@ -84,7 +84,7 @@ class WebRtcTransport:
             self.state = "connected"
             self.shard.on_transport_connected(self)
             for consumer in self.consumers.values():
-                consumer.request_keyframe()
+                consumer.start()
         elif self.dtls.state in ("failed", "closed") and self.state != "closed":
             self.shard.close_transport(self, self.dtls.error or "dtls closed")
 

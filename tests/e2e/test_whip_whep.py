@@ -70,23 +70,25 @@ async def test_publisher_delete_ends_viewer_tracks(sfu_server):
         await publisher.close()
 
 
-async def test_joining_viewers_share_keyframe_requests(sfu_server):
+async def test_joining_viewers_start_from_history_without_keyframe_requests(sfu_server):
     publisher = await peers.publish(sfu_server.base_url, ROOM)
     try:
         first = await peers.watch(sfu_server.base_url, ROOM)
         await first.wait_frames(5)
         before = sfu_server.metrics()
+        started = time.monotonic()
         crowd = await asyncio.gather(*(peers.watch(sfu_server.base_url, ROOM) for _ in range(8)))
         await asyncio.gather(*(v.wait_frames(5) for v in crowd))
         after = sfu_server.metrics()
-        sent = after['sfu_keyframe_requests_total{direction="sent",shard="0"}'] - \
-            before['sfu_keyframe_requests_total{direction="sent",shard="0"}']
-        coalesced = after['sfu_keyframe_requests_total{direction="coalesced",shard="0"}'] - \
-            before['sfu_keyframe_requests_total{direction="coalesced",shard="0"}']
-        # Eight joins within a few hundred ms: one or two PLIs reach the publisher,
-        # the rest ride along.
-        assert 1 <= sent <= 3
-        assert coalesced >= 5
+
+        def delta(key: str) -> float:
+            return after[key] - before[key]
+
+        # The history holds the GOP the first viewer's keyframe began: the crowd starts
+        # from it and the publisher is asked for nothing.
+        assert delta('sfu_keyframe_requests_total{direction="sent",shard="0"}') == 0
+        assert delta("sfu_keyframe_history_starts_total") == 8
+        assert all(v.frame_times[0] - started < 1.0 for v in crowd)
         for v in [first, *crowd]:
             await v.close()
     finally:

@@ -1623,3 +1623,58 @@ def test_viewer_loss_from_receiver_reports(make_rig: Callable[..., Rig]) -> None
     assert e.consumer_stats(c)["fraction_lost"] == 0.25
     rig.feed(make_rtcp_rr(9, [(0x1111, 128)]), rig.publisher)  # not this consumer's transport
     assert e.consumer_stats(c)["fraction_lost"] == 0.25
+
+
+def test_a_joining_viewer_starts_from_the_history_gop(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=2)
+    room = make_room(rig, viewers=1)
+    e = rig.engine
+    rig.feed(room.video_packet(40, 0))                   # before the keyframe: not part of the GOP
+    rig.feed(room.video_packet(41, 3000, keyframe=True))
+    rig.feed(room.video_packet(42, 3000))
+    rig.feed(room.video_packet(43, 6000))
+    rig.take(rig.viewers[0])
+    rig.take(rig.publisher)
+    room.add_viewer(1)
+    assert e.start_consumer(room.video_consumers[1]) is True
+    got = [rtp(d) for d in rig.take(rig.viewers[1])]
+    first = VIEWERS[1].first_seq
+    assert [p["seq"] for p in got] == [first, (first + 1) & 0xFFFF, (first + 2) & 0xFFFF]
+    assert [p["payload"][-8:] for p in got] == [bytes([s]) * 8 for s in (41, 42, 43)]
+    assert (got[2]["ts"] - got[0]["ts"]) & 0xFFFFFFFF == 3000
+    rig.feed(room.video_packet(44, 9000))                 # live packets follow on
+    assert rtp(rig.take(rig.viewers[1])[0])["seq"] == (first + 3) & 0xFFFF
+    assert plis(rig.take(rig.publisher)) == []           # the publisher was asked for nothing
+    assert e.totals()["keyframe_history_starts"] == 1
+    assert e.start_consumer(room.video_consumers[1]) is False  # already started: nothing to do
+
+
+def test_no_gop_in_history_asks_the_publisher(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1)
+    room = make_room(rig, viewers=0)
+    e = rig.engine
+    rig.feed(room.video_packet(40, 0))                   # deltas only: nothing to start from
+    room.add_viewer(0)
+    assert e.start_consumer(room.video_consumers[0]) is False
+    assert plis(rig.take(rig.publisher)) == [(Room.PUBLISHER_RTCP_SSRC, Room.VIDEO_SSRC)]
+    assert e.start_consumer(room.audio_consumers[0]) is False  # audio needs no keyframe: starts live
+    assert e.totals()["keyframe_history_starts"] == 0
+
+
+def test_history_start_goes_through_the_pacer(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1, pacer_enabled=True, pacer_rate_bps=80_000, pacer_burst_bytes=1_500)
+    room = make_room(rig, viewers=0)
+    e = rig.engine
+    rig.feed(room.video_packet(10, 0, payload=make_vp8_payload(True, frame=bytes(1000))))
+    for seq in range(11, 16):
+        rig.feed(room.video_packet(seq, 0, payload=make_vp8_payload(False, frame=b"\x02" * 1000)))
+    room.add_viewer(0)
+    assert e.start_consumer(room.video_consumers[0]) is True
+    now_sent = len(rig.take(rig.viewers[0]))
+    assert 1 <= now_sent < 6                              # the burst allowance, not the whole GOP
+    deadline = time.monotonic() + 5
+    total = now_sent
+    while total < 6 and time.monotonic() < deadline:
+        time.sleep(e.tick())
+        total += len(rig.take(rig.viewers[0]))
+    assert total == 6
