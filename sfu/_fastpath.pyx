@@ -656,7 +656,15 @@ cdef struct ConsumerRec:
     int last_pic
     int last_tl0
     int pic_reset
+    # the layer before the last switch, to answer NACKs for what it sent
+    int prev_producer
+    uint16_t prev_start_seq  # the first of our sequence numbers it sent
+    uint16_t prev_seq_offset
+    uint32_t prev_ts_offset
+    uint16_t prev_pic_offset
+    uint8_t prev_tl0_offset
     int fraction_lost  # from the viewer's last receiver report, /256
+    uint32_t reports   # receiver reports received about this consumer
     # pacer: producer sequence numbers waiting for tokens
     uint16_t* queue
     int q_head
@@ -989,6 +997,9 @@ cdef class Engine:
             _map_del(&self.ssrc_map, _ssrc_key(pr.transport, pr.ssrc))
         if pr.has_rtx_ssrc:
             _map_del(&self.ssrc_map, _ssrc_key(pr.transport, pr.rtx_ssrc))
+        for i in range(self.n_consumers):
+            if self.consumers[i].in_use and self.consumers[i].prev_producer == p:
+                self.consumers[i].prev_producer = -1
         for i in range(pr.n_consumers):
             if self.consumers[pr.consumers[i]].producer == p:
                 self.consumers[pr.consumers[i]].producer = -1
@@ -1052,6 +1063,7 @@ cdef class Engine:
         cr.rtx_seq = first_rtx_seq
         cr.keyframe_asked = -1e9
         cr.target = -1
+        cr.prev_producer = -1
         cr.is_vp8 = pr.codec == 1
         cr.last_pic = cr.last_tl0 = -1
         if pr.is_video:
@@ -1130,7 +1142,7 @@ cdef class Engine:
         cdef ConsumerRec* cr = self._consumer(c)
         return {"packets_sent": cr.packets_sent, "bytes_sent": cr.bytes_sent,
                 "nacks_served": cr.nacks_served, "started": bool(cr.started), "paced": cr.q_len,
-                "fraction_lost": cr.fraction_lost / 256.0}
+                "fraction_lost": cr.fraction_lost / 256.0, "reports": cr.reports}
 
     def start_consumer(self, int c) -> bool:
         """A viewer is ready: start it from the history if it holds the whole current GOP.
@@ -1464,6 +1476,14 @@ cdef class Engine:
         cdef double ticks
         if cr.producer >= 0:
             self._list_remove(&self.producers[cr.producer], c)
+        if cr.started:
+            # What the old layer sent stays answerable to NACKs, with its offsets.
+            cr.prev_producer = cr.producer
+            cr.prev_start_seq = cr.switch_seq if cr.switched else cr.first_seq
+            cr.prev_seq_offset = cr.seq_offset
+            cr.prev_ts_offset = cr.ts_offset
+            cr.prev_pic_offset = cr.pic_offset
+            cr.prev_tl0_offset = cr.tl0_offset
         cr.producer = p
         cr.target = -1
         cr.is_vp8 = pr.codec == 1
@@ -1698,6 +1718,7 @@ cdef class Engine:
                     c32 = _map_get(&self.consumer_map, _consumer_key(t, media))
                     if c32 >= 0:
                         self.consumers[c32].fraction_lost = buf[i + 4]
+                        self.consumers[c32].reports += 1
                     i += 24
             elif pt == 205 and fmt == 1 and length >= 12:
                 media = _u32(buf + pos + 8)
@@ -1770,22 +1791,36 @@ cdef class Engine:
                 self._retransmit(c, (pid + b + 1) & 0xFFFF, now)
 
     cdef void _retransmit(self, int c, uint16_t seq, double now) except *:
-        """From the producer's history, as RTX when negotiated (RFC 4588)."""
+        """From the history of the layer that sent it, as RTX when negotiated (RFC 4588)."""
         cdef ConsumerRec* cr = &self.consumers[c]
-        cdef ProducerRec* pr
+        cdef int p = cr.producer
+        cdef uint16_t seq_offset = cr.seq_offset, pic_offset = cr.pic_offset
+        cdef uint32_t ts_offset = cr.ts_offset
+        cdef uint8_t tl0_offset = cr.tl0_offset
+        if cr.producer < 0 or not cr.started or not cr.nack:
+            return
+        if cr.switched and ((seq - cr.switch_seq) & 0xFFFF) >= 0x8000:
+            # Sent before the last layer switch: the previous layer's history, numbering.
+            p = cr.prev_producer
+            if p < 0 or ((seq - cr.prev_start_seq) & 0xFFFF) >= 0x8000:  # older still: gone
+                self.drops[<int>D_NACK_NOT_IN_BUFFER] += 1
+                return
+            cr.seq_offset, cr.ts_offset = cr.prev_seq_offset, cr.prev_ts_offset
+            cr.pic_offset, cr.tl0_offset = cr.prev_pic_offset, cr.prev_tl0_offset
+        try:
+            self._resend(c, p, seq)
+        finally:
+            cr.seq_offset, cr.ts_offset, cr.pic_offset, cr.tl0_offset = seq_offset, ts_offset, pic_offset, tl0_offset
+
+    cdef void _resend(self, int c, int p, uint16_t seq) except *:
+        cdef ConsumerRec* cr = &self.consumers[c]
+        cdef ProducerRec* pr = &self.producers[p]
         cdef TransportRec* pt
         cdef uint16_t src = (seq - cr.seq_offset) & 0xFFFF
         cdef int i, n, off
         cdef Hdr h
         cdef uint8_t* o
-        if cr.producer < 0 or not cr.started or not cr.nack:
-            return
-        pr = &self.producers[cr.producer]
         if pr.ring == NULL:
-            return
-        if cr.switched and ((seq - cr.switch_seq) & 0xFFFF) >= 0x8000:
-            # Sent from the layer before the switch: not this producer's history.
-            self.drops[<int>D_NACK_NOT_IN_BUFFER] += 1
             return
         i = src % RING
         pt = &self.transports[pr.transport]

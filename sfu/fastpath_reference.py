@@ -444,7 +444,8 @@ class _Consumer:
                  "first_ts", "seq_offset", "ts_offset", "rtx_seq", "packets_sent", "bytes_sent",
                  "nacks_served", "keyframe_asked", "queue", "target", "is_vp8", "last_seq", "last_ts",
                  "last_at", "switched", "switch_seq", "pic_offset", "tl0_offset", "last_pic", "last_tl0",
-                 "pic_reset", "fraction_lost")
+                 "pic_reset", "fraction_lost", "reports", "prev_producer", "prev_start_seq", "prev_seq_offset",
+                 "prev_ts_offset", "prev_pic_offset", "prev_tl0_offset")
 
 
 def _slot(records: list, record: object) -> int:
@@ -633,6 +634,9 @@ class Engine:
             self._ssrc_map.pop((pr.transport, pr.ssrc), None)
         if pr.has_rtx_ssrc:
             self._ssrc_map.pop((pr.transport, pr.rtx_ssrc), None)
+        for other in self._consumers:
+            if other is not None and other.prev_producer == p:
+                other.prev_producer = -1
         for c in pr.consumers:
             if self._consumers[c].producer == p:
                 self._consumers[c].producer = -1
@@ -702,6 +706,9 @@ class Engine:
         cr.last_pic = cr.last_tl0 = -1
         cr.pic_reset = False
         cr.fraction_lost = 0
+        cr.reports = 0
+        cr.prev_producer = -1
+        cr.prev_start_seq = cr.prev_seq_offset = cr.prev_ts_offset = cr.prev_pic_offset = cr.prev_tl0_offset = 0
         c = _slot(self._consumers, cr)
         pr.consumers.append(c)
         self._consumer_map[(t, ssrc)] = c
@@ -752,7 +759,7 @@ class Engine:
         cr = self._consumer(c)
         return {"packets_sent": cr.packets_sent, "bytes_sent": cr.bytes_sent,
                 "nacks_served": cr.nacks_served, "started": bool(cr.started), "paced": len(cr.queue),
-                "fraction_lost": cr.fraction_lost / 256.0}
+                "fraction_lost": cr.fraction_lost / 256.0, "reports": cr.reports}
 
     def start_consumer(self, c: int) -> bool:
         """A viewer is ready: start it from the history if it holds the whole current GOP,
@@ -1029,6 +1036,12 @@ class Engine:
         pr = self._producers[p]
         if cr.producer >= 0:
             self._list_remove(self._producers[cr.producer].consumers, c)
+        if cr.started:
+            # What the old layer sent stays answerable to NACKs, with its offsets.
+            cr.prev_producer = cr.producer
+            cr.prev_start_seq = cr.switch_seq if cr.switched else cr.first_seq
+            cr.prev_seq_offset, cr.prev_ts_offset = cr.seq_offset, cr.ts_offset
+            cr.prev_pic_offset, cr.prev_tl0_offset = cr.pic_offset, cr.tl0_offset
         cr.producer = p
         cr.target = -1
         cr.is_vp8 = pr.codec == CODEC_VP8
@@ -1221,6 +1234,7 @@ class Engine:
                     c = self._consumer_map.get((t, _U32.unpack_from(buf, i)[0]), -1)
                     if c >= 0:
                         self._consumers[c].fraction_lost = buf[i + 4]
+                        self._consumers[c].reports += 1
                     i += 24
             elif pt == 205 and fmt == 1 and length >= 12:
                 media = _U32.unpack_from(buf, pos + 8)[0]
@@ -1277,17 +1291,30 @@ class Engine:
                 self._retransmit(c, (pid + b + 1) & 0xFFFF, now)
 
     def _retransmit(self, c: int, seq: int, now: float) -> None:
-        """From the producer's history, as RTX when negotiated (RFC 4588)."""
+        """From the history of the layer that sent it, as RTX when negotiated (RFC 4588)."""
         cr = self._consumers[c]
-        src = (seq - cr.seq_offset) & 0xFFFF
         if cr.producer < 0 or not cr.started or not cr.nack:
             return
-        pr = self._producers[cr.producer]
-        if pr.ring is None:
-            return
+        p = cr.producer
+        saved = (cr.seq_offset, cr.ts_offset, cr.pic_offset, cr.tl0_offset)
         if cr.switched and ((seq - cr.switch_seq) & 0xFFFF) >= 0x8000:
-            # Sent from the layer before the switch: not this producer's history.
-            self._drops[D_NACK_NOT_IN_BUFFER] += 1
+            # Sent before the last layer switch: the previous layer's history, numbering.
+            p = cr.prev_producer
+            if p < 0 or ((seq - cr.prev_start_seq) & 0xFFFF) >= 0x8000:  # older still: gone
+                self._drops[D_NACK_NOT_IN_BUFFER] += 1
+                return
+            cr.seq_offset, cr.ts_offset, cr.pic_offset, cr.tl0_offset = (
+                cr.prev_seq_offset, cr.prev_ts_offset, cr.prev_pic_offset, cr.prev_tl0_offset)
+        try:
+            self._resend(c, p, seq)
+        finally:
+            cr.seq_offset, cr.ts_offset, cr.pic_offset, cr.tl0_offset = saved
+
+    def _resend(self, c: int, p: int, seq: int) -> None:
+        cr = self._consumers[c]
+        pr = self._producers[p]
+        src = (seq - cr.seq_offset) & 0xFFFF
+        if pr.ring is None:
             return
         pt = self._transports[pr.transport]
         packet = pr.ring.get(src)

@@ -46,6 +46,7 @@ class Consumer:
         self.simulcast = False
         self.layer_switches = 0
         self._switch_asked_at: float | None = None  # decided, waiting for the layer's keyframe
+        self._reports_seen = 0
         ids = extension_ids(extensions)
         # Random starting points (RFC 3550 §5.1) that then never jump: the viewer
         # sees one continuous stream whatever happens upstream.
@@ -82,10 +83,6 @@ class Consumer:
             self.transport.shard.switch_seconds.append(now - self._switch_asked_at)
             self._switch_asked_at = None
         estimate = engine.transport_remb_bps(self.transport.slot)
-        if not estimate:
-            # A viewer that reports no bandwidth keeps the layer it joined on (the one
-            # asked for, else the top): guessing low would punish clients without REMB.
-            return
         live = [p for p in self.layers if not p.closed]
         if not live:
             return
@@ -94,10 +91,18 @@ class Consumer:
         ranked = [replace(layer, active=bitrates[layer.rid] > 0)
                   for layer in order_layers([p.rid for p in live], bitrates, sizes)]
         if self.policy is None:
+            # Start from the layer joined on: with no estimate yet (aiortc's first REMB
+            # comes after ~3 s) only loss can move the viewer, and only down.
             current = next((layer.spatial for layer in ranked if layer.rid == self.layer.rid), None)
             self.policy = LayerPolicy(start_spatial=current)
-        self.policy.on_bandwidth_estimate(estimate, now)
-        self.policy.on_loss(engine.consumer_stats(self.slot)["fraction_lost"], now)
+        if estimate:
+            self.policy.on_bandwidth_estimate(estimate, now)
+        stats = engine.consumer_stats(self.slot)
+        if stats["reports"] != self._reports_seen:
+            # One receiver report is one loss sample: feeding it again each tick would
+            # turn a single lossy report into "sustained" loss.
+            self._reports_seen = stats["reports"]
+            self.policy.on_loss(stats["fraction_lost"], now)
         cap = next((layer.spatial for layer in ranked if layer.rid == self.max_layer_rid), None)
         self.policy.set_requested_max(spatial=cap)
         target = self.policy.decide(ranked, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import fastpath
@@ -10,6 +11,7 @@ if TYPE_CHECKING:
     from .consumer import Consumer
     from .webrtc_transport import WebRtcTransport
 
+BITRATE_WINDOW_S = 2.0
 CODECS = {"VP8": fastpath.CODEC_VP8, "H264": fastpath.CODEC_H264, "opus": fastpath.CODEC_OPUS}
 
 
@@ -36,10 +38,9 @@ class Producer:
         self.rid = rid
         self.consumers: list[Consumer] = []
         self.closed = False
-        self.bitrate_bps = 0.0  # measured by the shard's simulcast tick
+        self.bitrate_bps = 0.0  # measured by the shard's simulcast tick, over BITRATE_WINDOW_S
         self.size: tuple[int, int] | None = None  # from the last VP8 keyframe
-        self._bytes_seen = 0
-        self._bytes_at = 0.0
+        self._samples: deque[tuple[float, int]] = deque()
         self.slot = transport.shard.engine.add_producer(
             transport.slot, video=kind == "video", codec=CODECS.get(codec, fastpath.CODEC_OTHER),
             payload_type=payload_type, clock_rate=clock_rate,
@@ -54,16 +55,20 @@ class Producer:
         return self.transport.shard.engine.producer_stats(self.slot)
 
     def measure_bitrate(self, now: float) -> None:
-        """Incoming bitrate since the last call: what one simulcast layer costs a viewer."""
+        """Incoming bitrate over the last couple of seconds: what one simulcast layer costs.
+
+        A layer's rate swings with every keyframe; a window of whole seconds keeps
+        one keyframe from reading as a layer twice as expensive.
+        """
         stats = self.stats()
         if stats["width"]:
             self.size = (stats["width"], stats["height"])
-        received = stats["bytes"]
-        if self._bytes_at:
-            elapsed = now - self._bytes_at
-            if elapsed > 0:
-                self.bitrate_bps = (received - self._bytes_seen) * 8 / elapsed
-        self._bytes_seen, self._bytes_at = received, now
+        self._samples.append((now, stats["bytes"]))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= BITRATE_WINDOW_S:
+            self._samples.popleft()
+        (start, first), (end, last) = self._samples[0], self._samples[-1]
+        if end > start:
+            self.bitrate_bps = (last - first) * 8 / (end - start)
 
     def close(self) -> None:
         if self.closed:

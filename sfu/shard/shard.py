@@ -154,7 +154,10 @@ class Shard:
                 if producer.rid:
                     producer.measure_bitrate(now)
             for consumer in list(self.consumers.values()):
-                consumer.update_layer(now)
+                try:
+                    consumer.update_layer(now)
+                except Exception:  # one consumer's bug must not stop every other's adaptation
+                    self.log.exception("layer update failed", consumer=consumer.id, room=consumer.transport.room)
 
     # --- control -----------------------------------------------------------------------
 

@@ -50,7 +50,9 @@ def _ssrc() -> int:
 
 def select_layers(producers: list[ProducerInfo], layer: str | None) -> list[ProducerInfo]:
     """One producer per track: the requested simulcast layer (``?layer=<rid>``) where the
-    track has it, else the last layer the publisher listed (publishers list low to high).
+    track has it, else the middle of the layers as listed (publishers list low to high):
+    a viewer's first seconds carry no bandwidth estimate, and starting a thin link on
+    the top layer floods it before the estimate can say so.
 
     Switching layers mid-stream belongs to the simulcast policy (sfu/simulcast); this is
     the starting choice.
@@ -58,7 +60,8 @@ def select_layers(producers: list[ProducerInfo], layer: str | None) -> list[Prod
     tracks: dict[str, list[ProducerInfo]] = {}
     for p in producers:
         tracks.setdefault(p.track_id or p.id, []).append(p)
-    return [next((p for p in layers if layer and p.rid == layer), layers[-1]) for layers in tracks.values()]
+    return [next((p for p in layers if layer and p.rid == layer), layers[len(layers) // 2])
+            for layers in tracks.values()]
 
 
 class Resources:

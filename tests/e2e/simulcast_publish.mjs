@@ -60,6 +60,9 @@ async function run(options) {
   process.stdin.on('end', () => { stdinClosed = true; });
   process.stdin.on('close', () => { stdinClosed = true; });
   process.stdin.resume();
+  const origin = new URL(options.baseUrl).origin;
+  // getUserMedia needs a secure context: loopback is one, a test's veth address is not.
+  const loopback = ['localhost', '127.0.0.1', '[::1]'].includes(new URL(origin).hostname);
   try {
     context = await chromium.launchPersistentContext(userDataDir, {
       executablePath: CHROMIUM_PATH,
@@ -75,9 +78,10 @@ async function run(options) {
         '--use-fake-device-for-media-stream',
         '--use-fake-ui-for-media-stream',
         `--use-file-for-fake-video-capture=${options.videoFile}`,
+        ...(loopback ? [] : [`--unsafely-treat-insecure-origin-as-secure=${origin}`]),
       ],
     });
-    await context.grantPermissions(['camera', 'microphone'], { origin: new URL(options.baseUrl).origin });
+    await context.grantPermissions(['camera', 'microphone'], { origin });
     const page = await context.newPage();
     page.on('pageerror', (error) => errors.push(`pageerror: ${error.message}`));
     page.on('console', (message) => {

@@ -1,6 +1,7 @@
 """A WHEP viewer for the simulcast e2e tests: watch, decode, report every frame, exit.
 
-    python tests/e2e/simulcast_viewer.py <base_url> <room> --bind ADDR --seconds N [--token T] [--query Q]
+    python tests/e2e/simulcast_viewer.py <base_url> <room> --bind ADDR --seconds N
+        [--token T] [--query Q] [--keyframe-resync]
 
 Run inside a network namespace (``ip netns exec``), so it gathers ICE on ``--bind``
 only: the namespace's own address. It offers video only (aiortc's VP8 with
@@ -8,8 +9,11 @@ goog-remb and abs-send-time, so it reports a REMB estimate of its link), and
 prints JSON lines on stdout, times in CLOCK_MONOTONIC seconds (the same clock as
 the test's ``time.monotonic()``):
 
-    {"event": "posted", "t": ..., "status": 201}
+    {"event": "posted", "t": ..., "status": 201, "posted_at": <just before the POST>}
     {"event": "frame", "t": ..., "w": 640, "h": 360}   one per decoded frame
+    {"event": "remb", "t": ..., "bps": 931000}          each REMB it sends
+    {"event": "rr", "t": ..., "ssrc": ..., "fraction_lost": 0.57}   each receiver report block
+    {"event": "resync", "t": ..., "skipped": 31}         --keyframe-resync jumped a hole
     {"event": "end", "t": ..., "frames": N, "reason": "..."}
 
 It DELETEs its session and exits after ``--seconds`` from its POST, or at once
@@ -27,7 +31,12 @@ import time
 import aiohttp
 import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rate import RemoteBitrateEstimator
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtp import RtcpRrPacket
+from aiortc.utils import uint16_add
 
 HTTP_TIMEOUT_S = 10
 
@@ -35,6 +44,69 @@ HTTP_TIMEOUT_S = 10
 def emit(event: str, **fields: object) -> None:
     sys.stdout.write(json.dumps({"event": event, "t": time.monotonic(), **fields}) + "\n")
     sys.stdout.flush()
+
+
+def report_remb() -> None:
+    """Print each REMB estimate aiortc sends (what the server's layer policy is fed)."""
+    add = RemoteBitrateEstimator.add
+
+    def add_and_report(self, *args, **kwargs):
+        remb = add(self, *args, **kwargs)
+        if remb is not None:
+            emit("remb", bps=remb[0])
+        return remb
+
+    RemoteBitrateEstimator.add = add_and_report
+
+
+def report_receiver_reports() -> None:
+    """Print the fraction lost of each receiver report sent (the policy's loss input)."""
+    send = RTCRtpReceiver._send_rtcp
+
+    async def send_and_report(self, packet):
+        if isinstance(packet, RtcpRrPacket):
+            for report in packet.reports:
+                emit("rr", ssrc=report.ssrc, fraction_lost=report.fraction_lost / 256)
+        return await send(self, packet)
+
+    RTCRtpReceiver._send_rtcp = send_and_report
+
+
+def vp8_keyframe_start(payload: bytes) -> bool:
+    """The first packet of a VP8 keyframe (RFC 7741 §4.2-4.3)."""
+    if len(payload) < 2:
+        return False
+    i = 1
+    if payload[0] & 0x80:  # X: extension octets follow
+        ext, i = payload[1], 2
+        if ext & 0x80:  # I: picture id, 7 or 15 bits
+            i += 2 if len(payload) > i and payload[i] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            i += 1
+        if ext & 0x30:  # T or K: TID/KEYIDX
+            i += 1
+    return bool(payload[0] & 0x10) and payload[0] & 0x07 == 0 and len(payload) > i and payload[i] & 0x01 == 0
+
+
+def resync_on_keyframes() -> None:
+    """Jump the jitter buffer to a keyframe when packets before it are missing, as browsers do.
+
+    aiortc waits for every hole to be filled, and gives up on one only when 512 more
+    packets have come (30 s of a 150 kbit/s layer); libwebrtc drops what it cannot
+    complete and decodes from the next keyframe.
+    """
+    add = JitterBuffer.add
+
+    def add_resyncing(self, packet):
+        if self._is_video and self._origin is not None and vp8_keyframe_start(packet.payload):
+            ahead = uint16_add(packet.sequence_number, -self._origin)
+            if 0 < ahead < self.capacity and any(
+                    self._packets[uint16_add(self._origin, i) % self.capacity] is None for i in range(ahead)):
+                emit("resync", skipped=ahead)
+                self.remove(ahead)
+        return add(self, packet)
+
+    JitterBuffer.add = add_resyncing
 
 
 async def stdin_closed() -> None:
@@ -112,8 +184,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, required=True, help="watch this long after the POST")
     parser.add_argument("--token", default="")
     parser.add_argument("--query", default="", help="WHEP query string, e.g. layer=m")
+    parser.add_argument("--keyframe-resync", action="store_true",
+                        help="skip to a keyframe over unrepaired holes, as browsers do (see resync_on_keyframes)")
     args = parser.parse_args()
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [args.bind]
+    report_remb()
+    report_receiver_reports()
+    if args.keyframe_resync:
+        resync_on_keyframes()
     return asyncio.run(watch(args))
 
 

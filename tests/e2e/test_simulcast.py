@@ -89,7 +89,7 @@ async def test_viewers_choose_a_simulcast_layer(sfu_server):
         await asyncio.gather(*(v.wait_frames(10, timeout_s=10) for v in [*viewers.values(), default]))
         for rid, viewer in viewers.items():
             assert set(viewer.frame_sizes) == {LAYERS[rid][:2]}, (rid, set(viewer.frame_sizes))
-        # With no choice given, the layer listed last (publishers list low to high).
+        # With no choice given, the middle of the listed layers (of two: the upper).
         assert set(default.frame_sizes) == {LAYERS["h"][:2]}
         sender.cancel()
         await default.close()

@@ -1576,18 +1576,25 @@ def test_nack_across_a_layer_switch(make_rig: Callable[..., Rig]) -> None:
     e = rig.engine
     _, layers = _two_layers(rig)
     viewer_t = rig.transport(rig.viewers[0])
-    c = e.add_consumer(viewer_t, layers[b"l"], payload_type=100, ssrc=0x1111, first_seq=1000)
+    c = e.add_consumer(viewer_t, layers[b"l"], payload_type=100, ssrc=0x1111, first_seq=1000, first_ts=7000)
     rig.feed(_vp8(10, 0, 0xA1, True, 1, 1, b"l0"))
     e.set_consumer_producer(c, layers[b"h"])
     rig.feed(_vp8(500, 0, 0xA2, True, 50, 9, b"h0"))
     rig.feed(_vp8(501, 3000, 0xA2, False, 51, 9, b"h1"))
-    rig.take(rig.viewers[0])
-    # 1000 went out from the low layer, 1001 and 1002 from the high one.
-    rig.feed(make_rtcp_nack(1, 0x1111, [(1000, 0b11)]), rig.viewers[0])
+    sent = [rtp(d) for d in rig.take(rig.viewers[0])]
+    # 999 was never sent, 1000 went out from the low layer, 1001 and 1002 from the high one:
+    # each is answered from the history of the layer that sent it, in the viewer's numbering.
+    rig.feed(make_rtcp_nack(1, 0x1111, [(999, 0b111)]), rig.viewers[0])
     resent = [rtp(d) for d in rig.take(rig.viewers[0])]
-    assert [p["seq"] for p in resent] == [1001, 1002]
-    assert resent[0]["payload"].endswith(b"h0") and _pic_tl0(resent[0]["payload"]) == (2, 2)
+    assert [(p["seq"], p["ts"], p["payload"]) for p in resent] == [(p["seq"], p["ts"], p["payload"]) for p in sent]
+    assert resent[0]["payload"].endswith(b"l0") and _pic_tl0(resent[0]["payload"]) == (1, 1)
+    assert resent[1]["payload"].endswith(b"h0") and _pic_tl0(resent[1]["payload"]) == (2, 2)
     assert drops(rig.engine)["nack_not_in_buffer"] == 1
+    # Once the old layer is gone, what it sent is too.
+    e.remove_producer(layers[b"l"])
+    rig.feed(make_rtcp_nack(1, 0x1111, [(1000, 0)]), rig.viewers[0])
+    assert rig.take(rig.viewers[0]) == []
+    assert drops(rig.engine)["nack_not_in_buffer"] == 2
 
 
 def test_switch_target_changes_and_removal(make_rig: Callable[..., Rig]) -> None:
