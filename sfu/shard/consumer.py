@@ -9,11 +9,19 @@ from dataclasses import replace
 
 from aiortc.rtp import RtcpByePacket
 
-from ..simulcast.layer_policy import LayerPolicy, order_layers
+from ..simulcast.layer_policy import Layer, LayerPolicy, order_layers
 
 if TYPE_CHECKING:
     from .producer import Producer
     from .webrtc_transport import WebRtcTransport
+
+
+def rank_layers(producers: list["Producer"]) -> list[Layer]:
+    """A track's live layers, low to high, as the policy sees them now."""
+    bitrates = {p.rid: p.bitrate_bps for p in producers}
+    sizes = {p.rid: p.size for p in producers if p.size is not None}
+    return [replace(layer, active=bitrates[layer.rid] > 0)
+            for layer in order_layers([p.rid for p in producers], bitrates, sizes)]
 
 
 class Consumer:
@@ -73,8 +81,11 @@ class Consumer:
         self.policy = None  # made at the first estimate, starting from the layer joined on
         self.simulcast = True
 
-    def update_layer(self, now: float) -> None:
-        """Feed the policy what the engine saw, and move to the layer it picks."""
+    def update_layer(self, now: float, ranked_by_track: dict[tuple[int, ...], list[Layer]] | None = None) -> None:
+        """Feed the policy what the engine saw, and move to the layer it picks.
+
+        ``ranked_by_track`` lets one tick rank each track's layers once for all its viewers.
+        """
         if not self.simulcast or self.closed:
             return
         engine = self.transport.shard.engine
@@ -86,10 +97,12 @@ class Consumer:
         live = [p for p in self.layers if not p.closed]
         if not live:
             return
-        bitrates = {p.rid: p.bitrate_bps for p in live}
-        sizes = {p.rid: p.size for p in live if p.size is not None}
-        ranked = [replace(layer, active=bitrates[layer.rid] > 0)
-                  for layer in order_layers([p.rid for p in live], bitrates, sizes)]
+        key = tuple(p.slot for p in live)
+        ranked = ranked_by_track.get(key) if ranked_by_track is not None else None
+        if ranked is None:
+            ranked = rank_layers(live)
+            if ranked_by_track is not None:
+                ranked_by_track[key] = ranked
         if self.policy is None:
             # Start from the layer joined on: with no estimate yet (aiortc's first REMB
             # comes after ~3 s) only loss can move the viewer, and only down.

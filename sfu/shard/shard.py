@@ -153,9 +153,10 @@ class Shard:
             for producer in self.producers.values():
                 if producer.rid:
                     producer.measure_bitrate(now)
+            ranked_by_track: dict[tuple[int, ...], Any] = {}
             for consumer in list(self.consumers.values()):
                 try:
-                    consumer.update_layer(now)
+                    consumer.update_layer(now, ranked_by_track)
                 except Exception:  # one consumer's bug must not stop every other's adaptation
                     self.log.exception("layer update failed", consumer=consumer.id, room=consumer.transport.room)
 
