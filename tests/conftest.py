@@ -54,18 +54,21 @@ class SfuServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> SfuServer:
+def start_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+                 host: str = "127.0.0.1") -> SfuServer:
+    """``sfu serve`` with free ports; ``host`` (HTTP and RTC) may be a test namespace's veth address."""
     http_port = free_port()
     rtc_port = free_port(socket.SOCK_DGRAM)
     log_path = tmp_path / f"sfu-{http_port}.log"
     log_file = open(log_path, "wb")
+    hosts = [] if host == "127.0.0.1" else ["--http-host", host, "--rtc-host", host]
     process = subprocess.Popen(
-        [sys.executable, "-m", "sfu", "serve", "--http-port", str(http_port),
+        [sys.executable, "-m", "sfu", "serve", *hosts, "--http-port", str(http_port),
          "--rtc-port", str(rtc_port), *args],
         stdout=log_file, stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
     )
-    server = SfuServer(f"http://127.0.0.1:{http_port}", http_port, rtc_port, process, log_path)
+    server = SfuServer(f"http://{host}:{http_port}", http_port, rtc_port, process, log_path)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -77,7 +80,7 @@ def start_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None) 
         except OSError:
             time.sleep(0.1)
     stop_server(server)
-    raise RuntimeError(f"sfu serve did not come up:\n{server.log()}")
+    raise RuntimeError(f"sfu serve did not come up on {host}:\n{server.log()}")
 
 
 def stop_server(server: SfuServer, timeout_s: float = 5.0) -> int:

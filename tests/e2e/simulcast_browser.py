@@ -47,7 +47,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +57,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 import peers
-from conftest import SfuServer, free_port, stop_server
+from conftest import SfuServer, start_server, stop_server
 from sfu.auth import issue_token
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -224,26 +223,7 @@ def lab() -> Iterator[Lab]:
 
 def start_server_on(tmp_path: Path, host: str) -> SfuServer:
     """A token-checking server whose HTTP and RTC both listen on ``host`` (a veth address)."""
-    http_port, rtc_port = free_port(), free_port(socket.SOCK_DGRAM)
-    log_path = tmp_path / f"sfu-{http_port}.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sfu", "serve", "--http-host", host, "--http-port", str(http_port),
-         "--rtc-host", host, "--rtc-port", str(rtc_port), "--auth-secret", SECRET],
-        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
-    )
-    server = SfuServer(f"http://{host}:{http_port}", http_port, rtc_port, process, log_path)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"sfu serve exited {process.returncode}:\n{server.log()}")
-        try:
-            with urllib.request.urlopen(server.base_url + "/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.1)
-    stop_server(server)
-    raise RuntimeError(f"sfu serve did not come up on {host}:\n{server.log()}")
+    return start_server(tmp_path, "--auth-secret", SECRET, host=host)
 
 
 # ---------------------------------------------------------------------- publisher
