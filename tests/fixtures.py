@@ -266,3 +266,31 @@ def make_stun_binding_request(transaction_id: bytes = b"\x01" * 12) -> bytes:
 def make_dtls_record(content_type: int = 22, body: bytes = b"\x01\x00\x00\x00") -> bytes:
     """A DTLS 1.2 record header and body (RFC 6347 §4.1): first byte 20..63."""
     return struct.pack("!BHHIHH", content_type, 0xFEFD, 0, 0, 0, len(body)) + body
+
+
+def read_rtp(data: bytes) -> dict:
+    """An RTP packet's fields, decoded independently of the code under test.
+
+    One-byte extension elements only: all the SFU writes.
+    """
+    b0, b1, seq, ts, ssrc = struct.unpack_from("!BBHII", data)
+    cc = b0 & 0x0F
+    pos = 12 + 4 * cc
+    fields = {
+        "version": b0 >> 6, "padding": bool(b0 & 0x20), "extension": bool(b0 & 0x10),
+        "marker": bool(b1 & 0x80), "pt": b1 & 0x7F, "seq": seq, "ts": ts, "ssrc": ssrc,
+        "csrcs": struct.unpack_from(f"!{cc}I", data, 12), "profile": None, "elements": [],
+    }
+    if b0 & 0x10:
+        fields["profile"], words = struct.unpack_from("!HH", data, pos)
+        block, pos = data[pos + 4:pos + 4 + 4 * words], pos + 4 + 4 * words
+        i = 0
+        while i < len(block):
+            if block[i] == 0:
+                i += 1
+                continue
+            ext_id, length = block[i] >> 4, (block[i] & 0x0F) + 1
+            fields["elements"].append((ext_id, block[i + 1:i + 1 + length]))
+            i += 1 + length
+    fields["payload"] = data[pos:]
+    return fields

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fixtures import make_h264_payload, make_rtp, make_vp8_payload
+from fixtures import make_h264_payload, make_rtp, make_vp8_payload, read_rtp
 
 import sfu._fastpath as cython_impl
 import sfu.fastpath_reference as python_impl
@@ -44,32 +44,6 @@ def chrome_ids(impl: ModuleType) -> object:
 
 def payload_of(data: bytes, info: object) -> bytes:
     return data[info.payload_offset:info.payload_offset + info.payload_length]
-
-
-def split_header(data: bytes) -> dict:
-    """An independent RTP header decoder for checking outputs (one-byte extensions only)."""
-    b0, b1, seq, ts, ssrc = struct.unpack_from("!BBHII", data)
-    cc = b0 & 0x0F
-    pos = 12 + 4 * cc
-    fields = {
-        "version": b0 >> 6, "padding": bool(b0 & 0x20), "extension": bool(b0 & 0x10),
-        "marker": bool(b1 & 0x80), "pt": b1 & 0x7F, "seq": seq, "ts": ts, "ssrc": ssrc,
-        "csrcs": struct.unpack_from(f"!{cc}I", data, 12), "elements": [],
-    }
-    if b0 & 0x10:
-        profile, words = struct.unpack_from("!HH", data, pos)
-        fields["profile"] = profile
-        block, pos = data[pos + 4:pos + 4 + 4 * words], pos + 4 + 4 * words
-        i = 0
-        while i < len(block):
-            if block[i] == 0:
-                i += 1
-                continue
-            ext_id, length = block[i] >> 4, (block[i] & 0x0F) + 1
-            fields["elements"].append((ext_id, block[i + 1:i + 1 + length]))
-            i += 1 + length
-    fields["payload"] = data[pos:]
-    return fields
 
 
 def test_cython_implementation_is_compiled() -> None:
@@ -280,7 +254,7 @@ def test_rewrite_fields_extensions_and_payload(impl: ModuleType) -> None:
     info = impl.parse_rtp(source, chrome_ids(impl))
     viewer = impl.ExtIds(mid=9, rid=5, repaired_rid=6, abs_send_time=13, audio_level=7)
     out = impl.rewrite_rtp(source, info, 102, 40000, 0xFEDCBA98, 0x22222222, viewer, b"v1")
-    h = split_header(out)
+    h = read_rtp(out)
     assert (h["version"], h["padding"], h["extension"], h["marker"]) == (2, False, True, True)
     assert (h["pt"], h["seq"], h["ts"], h["ssrc"]) == (102, 40000, 0xFEDCBA98, 0x22222222)
     assert h["csrcs"] == (77, 88)
@@ -300,7 +274,7 @@ def test_rewrite_fields_extensions_and_payload(impl: ModuleType) -> None:
 def test_rewrite_marker_clear_is_kept(impl: ModuleType) -> None:
     source = make_rtp(marker=False, payload=b"x")
     out = impl.rewrite_rtp(source, impl.parse_rtp(source, impl.ExtIds()), 100, 1, 2, 3, impl.ExtIds(), b"")
-    assert not split_header(out)["marker"]
+    assert not read_rtp(out)["marker"]
 
 
 def test_rewrite_without_viewer_extensions_has_no_block(impl: ModuleType) -> None:
@@ -314,7 +288,7 @@ def test_rewrite_source_values_missing_are_not_invented(impl: ModuleType) -> Non
     source = make_rtp(payload=b"media")  # no extensions at all
     info = impl.parse_rtp(source, chrome_ids(impl))
     out = impl.rewrite_rtp(source, info, 96, 1, 2, 3, chrome_ids(impl), b"audio")
-    assert split_header(out)["elements"] == [(MID_ID, b"audio")]
+    assert read_rtp(out)["elements"] == [(MID_ID, b"audio")]
 
 
 @pytest.mark.parametrize("mid", [b"", b"m" * 17], ids=["empty", "17 bytes"])
@@ -322,15 +296,15 @@ def test_rewrite_mid_that_does_not_fit_is_left_out(impl: ModuleType, mid: bytes)
     source = make_rtp(payload=b"media")
     out = impl.rewrite_rtp(source, impl.parse_rtp(source, impl.ExtIds()), 96, 1, 2, 3,
                            impl.ExtIds(mid=MID_ID), mid)
-    assert not split_header(out)["extension"]
-    assert split_header(out)["payload"] == b"media"
+    assert not read_rtp(out)["extension"]
+    assert read_rtp(out)["payload"] == b"media"
 
 
 def test_rewrite_mid_of_16_bytes_fits(impl: ModuleType) -> None:
     source = make_rtp(payload=b"media")
     out = impl.rewrite_rtp(source, impl.parse_rtp(source, impl.ExtIds()), 96, 1, 2, 3,
                            impl.ExtIds(mid=MID_ID), b"m" * 16)
-    assert split_header(out)["elements"] == [(MID_ID, b"m" * 16)]
+    assert read_rtp(out)["elements"] == [(MID_ID, b"m" * 16)]
 
 
 @pytest.mark.parametrize(("mid", "block_words"), [(b"abc", 1), (b"abcd", 2), (b"a" * 7, 2), (b"a" * 8, 3)])
@@ -347,7 +321,7 @@ def test_rewrite_sequence_is_16_bits(impl: ModuleType) -> None:
     source = make_rtp(payload=b"x")
     out = impl.rewrite_rtp(source, impl.parse_rtp(source, impl.ExtIds()), 96, 0x10005, 0, 1,
                            impl.ExtIds(), b"")
-    assert split_header(out)["seq"] == 5
+    assert read_rtp(out)["seq"] == 5
 
 
 # --- RTX (RFC 4588) -----------------------------------------------------------------
@@ -358,7 +332,7 @@ def test_wrap_rtx_puts_original_sequence_first(impl: ModuleType) -> None:
                         extensions={MID_ID: b"0"}, payload=b"media")
     info = impl.parse_rtp(original, chrome_ids(impl))
     rtx = impl.wrap_rtx(original, info.payload_offset, 97, 7, 222)
-    h = split_header(rtx)
+    h = read_rtp(rtx)
     assert (h["pt"], h["seq"], h["ts"], h["ssrc"], h["marker"]) == (97, 7, 999, 222, True)
     assert h["elements"] == [(MID_ID, b"0")]
     assert h["payload"] == b"\x12\x34" + b"media"

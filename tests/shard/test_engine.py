@@ -28,7 +28,7 @@ from pylibsrtp import Policy, Session
 from fixtures import (
     make_dtls_record, make_h264_payload, make_rtcp_fir, make_rtcp_nack, make_rtcp_pli,
     make_rtcp_remb, make_rtcp_rr, make_rtcp_sr, make_rtp, make_rtx, make_stun_binding_request,
-    make_vp8_payload, nack_items,
+    make_vp8_payload, nack_items, read_rtp,
 )
 
 import sfu.fastpath  # noqa: F401  (gives the compiled engine libsrtp's entry points)
@@ -67,29 +67,6 @@ def test_same_drop_reasons() -> None:
 # =====================================================================================
 # Independent decoders for what the engine sends
 # =====================================================================================
-
-
-def rtp(data: bytes) -> dict:
-    """An RTP packet's fields (one-byte extension elements only: all the engine writes)."""
-    b0, b1, seq, ts, ssrc = struct.unpack_from("!BBHII", data)
-    cc = b0 & 0x0F
-    pos = 12 + 4 * cc
-    out = {"version": b0 >> 6, "padding": bool(b0 & 0x20), "marker": bool(b1 & 0x80), "pt": b1 & 0x7F,
-           "seq": seq, "ts": ts, "ssrc": ssrc, "csrcs": struct.unpack_from(f"!{cc}I", data, 12),
-           "profile": None, "elements": []}
-    if b0 & 0x10:
-        out["profile"], words = struct.unpack_from("!HH", data, pos)
-        block, pos = data[pos + 4:pos + 4 + 4 * words], pos + 4 + 4 * words
-        i = 0
-        while i < len(block):
-            if block[i] == 0:
-                i += 1
-                continue
-            ext_id, length = block[i] >> 4, (block[i] & 0x0F) + 1
-            out["elements"].append((ext_id, block[i + 1:i + 1 + length]))
-            i += 1 + length
-    out["payload"] = data[pos:]
-    return out
 
 
 def rtcp(data: bytes) -> list[dict]:
@@ -315,12 +292,12 @@ def test_each_consumer_gets_its_own_rewrite(make_rig: Callable[..., Rig]) -> Non
     delta = room.video_packet(40001, ts=123456 + 3000, marker=True)
     rig.feed(key)
     rig.feed(delta)
-    originals = [rtp(key), rtp(delta)]
+    originals = [read_rtp(key), read_rtp(delta)]
     original_payloads = [make_vp8_payload(True, frame=bytes([0x40]) * 8),
                          make_vp8_payload(False, frame=bytes([0x41]) * 8)]
     for v, sock in enumerate(rig.viewers):
         spec = VIEWERS[v]
-        got = [rtp(d) for d in rig.take(sock)]
+        got = [read_rtp(d) for d in rig.take(sock)]
         assert len(got) == 2
         for i, (packet, original) in enumerate(zip(got, originals)):
             assert packet["version"] == 2
@@ -354,18 +331,18 @@ def test_audio_level_and_abs_send_time_carried(make_rig: Callable[..., Rig]) -> 
     room = make_room(rig)
     rig.feed(room.audio_packet(7, ts=960, extensions={MID_ID: b"1", LEVEL_ID: b"\x85",
                                                       ABS_ID: b"\x01\x02\x03", 7: b"unknown"}))
-    got = rtp(rig.take(rig.viewers[0])[0])
+    got = read_rtp(rig.take(rig.viewers[0])[0])
     assert got["pt"] == VIEWERS[0].audio_pt and got["ssrc"] == audio_ssrc(0)
     assert got["elements"] == [(9, b"a0"), (5, b"\x01\x02\x03"), (6, b"\x85")]
-    assert rtp(rig.take(rig.viewers[1])[0])["elements"] == [(3, b"1")]
-    assert rtp(rig.take(rig.viewers[2])[0])["profile"] is None
+    assert read_rtp(rig.take(rig.viewers[1])[0])["elements"] == [(3, b"1")]
+    assert read_rtp(rig.take(rig.viewers[2])[0])["profile"] is None
 
 
 def test_two_byte_extensions_from_the_publisher_are_read(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig(viewers=1)
     room = make_room(rig)
     rig.feed(room.audio_packet(7, extensions=[(LEVEL_ID, b"\x99"), (200, b"long" * 10)], two_byte=True))
-    assert rtp(rig.take(rig.viewers[0])[0])["elements"] == [(9, b"a0"), (6, b"\x99")]
+    assert read_rtp(rig.take(rig.viewers[0])[0])["elements"] == [(9, b"a0"), (6, b"\x99")]
 
 
 def test_audio_starts_at_once_and_asks_for_nothing(make_rig: Callable[..., Rig]) -> None:
@@ -373,7 +350,7 @@ def test_audio_starts_at_once_and_asks_for_nothing(make_rig: Callable[..., Rig])
     room = make_room(rig)
     rig.feed(room.audio_packet(500, ts=48000))
     for v, sock in enumerate(rig.viewers):
-        [packet] = map(rtp, rig.take(sock))
+        [packet] = map(read_rtp, rig.take(sock))
         assert packet["seq"] == VIEWERS[v].first_seq ^ 0x5555
         assert packet["ts"] == VIEWERS[v].first_ts ^ 0x55555555
     # A PLI for an audio consumer reaches no one.
@@ -398,7 +375,7 @@ def test_video_waits_for_a_keyframe_and_asks_the_publisher(make_rig: Callable[..
     rig.feed(room.video_packet(13, ts=13 * 3000, keyframe=True))
     rig.feed(room.video_packet(14, ts=14 * 3000))
     for v, sock in enumerate(rig.viewers):
-        got = [rtp(d) for d in rig.take(sock)]
+        got = [read_rtp(d) for d in rig.take(sock)]
         assert [p["seq"] for p in got] == [VIEWERS[v].first_seq, (VIEWERS[v].first_seq + 1) & 0xFFFF]
         assert got[0]["ts"] == VIEWERS[v].first_ts
     assert drops(rig.engine) == {"waiting_for_keyframe": 9}
@@ -423,7 +400,7 @@ def test_keyframe_detection_per_codec(make_rig: Callable[..., Rig], codec: int, 
     assert not e.consumer_stats(c)["started"]
     rig.feed(make_rtp(seq=2, ssrc=5, pt=102, payload=key))
     rig.feed(make_rtp(seq=3, ssrc=5, pt=102, payload=not_key))
-    assert [rtp(d)["payload"] for d in rig.take(rig.viewers[0])] == [key, not_key]
+    assert [read_rtp(d)["payload"] for d in rig.take(rig.viewers[0])] == [key, not_key]
     assert drops(e) == {"waiting_for_keyframe": 1}
 
 
@@ -436,7 +413,7 @@ def test_sequence_and_timestamp_continuity_across_wraps(make_rig: Callable[..., 
     for i in sent:
         rig.feed(room.video_packet((seq0 + i) & 0xFFFF, ts=(ts0 + 3000 * i) & 0xFFFFFFFF, keyframe=i == 0))
     rig.feed(room.video_packet((seq0 + 2) & 0xFFFF, ts=(ts0 + 6000) & 0xFFFFFFFF))  # late, reordered
-    got = [rtp(d) for d in rig.take(rig.viewers[0])]
+    got = [read_rtp(d) for d in rig.take(rig.viewers[0])]
     assert [p["seq"] for p in got] == [(first_seq + i) & 0xFFFF for i in sent + [2]]
     assert [p["ts"] for p in got] == [(first_ts + 3000 * i) & 0xFFFFFFFF for i in sent + [2]]
     stats = rig.engine.producer_stats(room.video)
@@ -474,7 +451,7 @@ def test_ssrc_learnt_from_the_mid_extension(make_rig: Callable[..., Rig]) -> Non
     # A second SSRC for an already bound mid is not taken.
     rig.feed(make_rtp(seq=1, ssrc=0xCCCC, pt=96, extensions={MID_ID: b"0"}, payload=make_vp8_payload(True)))
     assert drops(e) == {"rtp_unknown_ssrc": 4}
-    got = [rtp(d) for d in rig.take(rig.viewers[0])]
+    got = [read_rtp(d) for d in rig.take(rig.viewers[0])]
     first = VIEWERS[0].first_seq
     assert [p["seq"] for p in got] == [first, (first + 2) & 0xFFFF, (first + 1) & 0xFFFF]
     assert got[2]["payload"] == make_vp8_payload(False, frame=b"lost")
@@ -488,16 +465,16 @@ def test_rtx_from_the_publisher_is_unwrapped(make_rig: Callable[..., Rig]) -> No
     lost = room.video_packet(11, ts=3000, marker=True, csrcs=(5,))
     rig.feed(make_rtx(lost, seq=7777, ssrc=Room.VIDEO_RTX_SSRC, pt=Room.VIDEO_RTX_PT, padding=20))
     for v, sock in enumerate(rig.viewers):
-        got = [rtp(d) for d in rig.take(sock)]
+        got = [read_rtp(d) for d in rig.take(sock)]
         assert len(got) == 2
         assert got[1]["seq"] == (VIEWERS[v].first_seq + 1) & 0xFFFF
         assert got[1]["ts"] == (VIEWERS[v].first_ts + 3000) & 0xFFFFFFFF
         assert got[1]["pt"] == VIEWERS[v].video_pt and got[1]["marker"] and got[1]["csrcs"] == (5,)
-        assert got[1]["payload"] == rtp(lost)["payload"] and not got[1]["padding"]
+        assert got[1]["payload"] == read_rtp(lost)["payload"] and not got[1]["padding"]
     # The repaired packet is in the history too.
     rig.feed(make_rtcp_nack(1, video_ssrc(1), [((VIEWERS[1].first_seq + 1) & 0xFFFF, 0)]), rig.viewers[1])
-    [resent] = map(rtp, rig.take(rig.viewers[1]))
-    assert resent["payload"] == rtp(lost)["payload"]
+    [resent] = map(read_rtp, rig.take(rig.viewers[1]))
+    assert resent["payload"] == read_rtp(lost)["payload"]
     # An RTX packet with only the original sequence number is a padding probe; shorter is broken.
     rtx = make_rtx(room.video_packet(12, payload=b""), seq=7778, ssrc=Room.VIDEO_RTX_SSRC, pt=Room.VIDEO_RTX_PT)
     rig.feed(rtx)
@@ -528,7 +505,7 @@ def test_nack_answered_as_rtx_with_its_own_sequence(make_rig: Callable[..., Rig]
     rtx_seqs = [(VIEWERS[0].first_rtx_seq + i) & 0xFFFF for i in range(3)]  # 65535, 0, 1
     assert got == [make_rtx(forwarded[i], seq=s, ssrc=rtx_ssrc(0), pt=VIEWERS[0].rtx_pt)
                    for i, s in zip((1, 3, 4), rtx_seqs)]
-    assert [rtp(d)["payload"][:2] for d in got] == [struct.pack("!H", s) for s in wanted]
+    assert [read_rtp(d)["payload"][:2] for d in got] == [struct.pack("!H", s) for s in wanted]
     assert rig.engine.consumer_stats(room.video_consumers[0])["nacks_served"] == 3
     totals = rig.engine.totals()
     assert (totals["nacks_received"], totals["nacks_served"]) == (1, 3)
@@ -768,7 +745,7 @@ def test_pacer_spreads_a_keyframe_burst_in_order(make_rig: Callable[..., Rig]) -
     for i in range(10):
         rig.feed(room.video_packet(300 + i, keyframe=i == 0, payload=make_vp8_payload(i == 0, frame=frame)))
     rig.feed(room.audio_packet(1))  # audio is never paced
-    first = [rtp(d) for d in rig.take(rig.viewers[0])]
+    first = [read_rtp(d) for d in rig.take(rig.viewers[0])]
     # ~1,040-byte packets against 3,000 bytes of tokens: three leave, seven wait.
     assert [p["ssrc"] for p in first] == [video_ssrc(0)] * 3 + [audio_ssrc(0)]
     assert e.consumer_stats(room.video_consumers[0])["paced"] == 7
@@ -785,7 +762,7 @@ def test_pacer_spreads_a_keyframe_burst_in_order(make_rig: Callable[..., Rig]) -
         later += got
     assert e.consumer_stats(room.video_consumers[0])["paced"] == 0
     assert e.tick() == 0.05
-    seqs = [p["seq"] for p in first[:3]] + [rtp(d)["seq"] for d in later]
+    seqs = [p["seq"] for p in first[:3]] + [read_rtp(d)["seq"] for d in later]
     assert seqs == [(VIEWERS[0].first_seq + i) & 0xFFFF for i in range(11)]
     assert e.consumer_stats(room.video_consumers[0])["packets_sent"] == 11
     assert drops(e) == {}
@@ -803,7 +780,7 @@ def test_pacer_queue_overflow_drops_the_oldest(make_rig: Callable[..., Rig]) -> 
     got: list[int] = []
     for _ in range(100):
         e.tick()
-        got += [rtp(d)["seq"] for d in rig.take(rig.viewers[0])]
+        got += [read_rtp(d)["seq"] for d in rig.take(rig.viewers[0])]
         if not e.consumer_stats(room.video_consumers[0])["paced"]:
             break
     assert got == [(VIEWERS[0].first_seq + i) & 0xFFFF for i in range(600 - 512, 600)]
@@ -817,7 +794,7 @@ def test_pacer_drops_what_the_history_lost(make_rig: Callable[..., Rig]) -> None
     rig.feed(room.video_packet(1 + 1024))  # overwrites 1 in the history while 1 waits
     e.pacer_rate_bytes_s = e.pacer_burst_bytes = 1e12
     e.tick()
-    got = [rtp(d)["seq"] for d in rig.take(rig.viewers[0])]
+    got = [read_rtp(d)["seq"] for d in rig.take(rig.viewers[0])]
     assert got == [VIEWERS[0].first_seq, (VIEWERS[0].first_seq + 1 + 1024) & 0xFFFF]
     assert drops(e) == {"pacer_expired": 1}
 
@@ -849,7 +826,7 @@ def test_remove_consumer(make_rig: Callable[..., Rig]) -> None:
     assert again == room.video_consumers[0]
     rig.feed(room.video_packet(106))
     rig.feed(room.video_packet(107, keyframe=True))
-    assert [rtp(d)["seq"] for d in rig.take(rig.viewers[0])] == [9]
+    assert [read_rtp(d)["seq"] for d in rig.take(rig.viewers[0])] == [9]
     assert drops(e) == {"waiting_for_keyframe": 1}
 
 
@@ -919,7 +896,7 @@ def test_an_address_belongs_to_the_newest_transport(make_rig: Callable[..., Rig]
     # Viewer 1's transport moves to viewer 0's address (a NAT rebinding, say).
     e.set_transport_address(room.viewers[1], *rig.viewers[0].getsockname())
     rig.feed(room.audio_packet(2))
-    got = [rtp(d)["ssrc"] for d in rig.take(rig.viewers[0])]
+    got = [read_rtp(d)["ssrc"] for d in rig.take(rig.viewers[0])]
     assert got == [audio_ssrc(1)]  # viewer 0's transport lost the address
     assert rig.take(rig.viewers[1]) == []
     rig.feed(make_rtcp_pli(0xB000, video_ssrc(1)), rig.viewers[0])  # now means viewer 1
@@ -1013,9 +990,9 @@ def test_on_readable_reads_and_forwards_batches(make_rig: Callable[..., Rig]) ->
     while rig.engine.totals()["packets_in"] < 150 and time.monotonic() < deadline:
         _wait_readable(rig.sock)
         rig.engine.on_readable()
-    got = [rtp(d) for d in rig.take(rig.viewers[0])]
+    got = [read_rtp(d) for d in rig.take(rig.viewers[0])]
     assert [p["seq"] for p in got] == [(VIEWERS[0].first_seq + i) & 0xFFFF for i in range(150)]
-    assert [p["payload"] for p in got] == [rtp(p)["payload"] for p in packets]
+    assert [p["payload"] for p in got] == [read_rtp(p)["payload"] for p in packets]
     rig.engine.on_readable()  # nothing to read: returns at once
 
 
@@ -1038,7 +1015,7 @@ def test_ipv6_peers(engine_cls: type) -> None:
             e.on_readable()
         assert slow_path == [(make_stun_binding_request(), ("::1", publisher.getsockname()[1]))]
         assert select.select([viewer], [], [], 5)[0]
-        got = rtp(viewer.recv(2048))
+        got = read_rtp(viewer.recv(2048))
         assert (got["seq"], got["pt"], got["ssrc"], got["payload"]) == (5, 109, 8, b"opus")
         e.feed(make_rtp(seq=2, ssrc=7, pt=111), "::2", 9)
         assert e.drop_counts() == {"unknown_address": 1}
@@ -1214,7 +1191,7 @@ def test_srtp_both_ways(make_rig: Callable[..., Rig], profile: int) -> None:
     for i, payload in enumerate(payloads):
         rig.feed(srtp(pub_peer_tx, "srtp_protect", make_rtp(seq=i, ts=i, ssrc=0x1111, pt=96, payload=payload,
                                                             extensions={MID_ID: b"0"})))
-    got = [rtp(srtp(view_peer_rx, "srtp_unprotect", d)) for d in rig.take(rig.viewers[0])]
+    got = [read_rtp(srtp(view_peer_rx, "srtp_unprotect", d)) for d in rig.take(rig.viewers[0])]
     assert [(p["seq"], p["ts"], p["pt"], p["ssrc"], p["elements"], p["payload"]) for p in got] == [
         (7 + i, 70 + i, 98, 0x5555, [(1, b"m")], payload) for i, payload in enumerate(payloads)]
     rig.feed(view_peer_tx.protect_rtcp(make_rtcp_pli(1, 0x5555)), rig.viewers[0])
@@ -1512,8 +1489,8 @@ def test_simulcast_layers_learnt_from_the_rid_extension(make_rig: Callable[..., 
     lost = make_rtp(seq=11, ssrc=0xA2, pt=96, extensions={MID_ID: b"1", rrid_id: b"h"},
                     payload=make_vp8_payload(False, frame=b"h-lost"))
     rig.feed(make_rtx(lost, seq=500, ssrc=0xB2, pt=97))
-    low = [rtp(d) for d in rig.take(rig.viewers[0])]
-    high = [rtp(d) for d in rig.take(rig.viewers[1])]
+    low = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    high = [read_rtp(d) for d in rig.take(rig.viewers[1])]
     assert [(p["ssrc"], p["payload"]) for p in low] == [(0x1111, make_vp8_payload(True, frame=b"l"))]
     assert [(p["ssrc"], p["payload"]) for p in high] == [(0x2222, make_vp8_payload(True, frame=b"h")),
                                                          (0x2222, make_vp8_payload(False, frame=b"h-lost"))]
@@ -1557,7 +1534,7 @@ def test_layer_switch_waits_for_a_keyframe_and_keeps_the_stream_continuous(make_
     rig.feed(_vp8(13, 99000, 0xA1, False, 303, 7, b"l3"))          # the old layer no longer reaches it
     rig.feed(_vp8(502, 76000, 0xA2, False, 9002, 201, b"h-next"))
     assert e.consumer_producer(c) == layers[b"h"]
-    got = [rtp(d) for d in rig.take(rig.viewers[0])]
+    got = [read_rtp(d) for d in rig.take(rig.viewers[0])]
     assert len(got) == 5
     assert [p["seq"] for p in got] == [1000, 1001, 1002, 1003, 1004]
     assert got[3]["payload"].endswith(b"h-key") and got[4]["payload"].endswith(b"h-next")
@@ -1581,11 +1558,11 @@ def test_nack_across_a_layer_switch(make_rig: Callable[..., Rig]) -> None:
     e.set_consumer_producer(c, layers[b"h"])
     rig.feed(_vp8(500, 0, 0xA2, True, 50, 9, b"h0"))
     rig.feed(_vp8(501, 3000, 0xA2, False, 51, 9, b"h1"))
-    sent = [rtp(d) for d in rig.take(rig.viewers[0])]
+    sent = [read_rtp(d) for d in rig.take(rig.viewers[0])]
     # 999 was never sent, 1000 went out from the low layer, 1001 and 1002 from the high one:
     # each is answered from the history of the layer that sent it, in the viewer's numbering.
     rig.feed(make_rtcp_nack(1, 0x1111, [(999, 0b111)]), rig.viewers[0])
-    resent = [rtp(d) for d in rig.take(rig.viewers[0])]
+    resent = [read_rtp(d) for d in rig.take(rig.viewers[0])]
     assert [(p["seq"], p["ts"], p["payload"]) for p in resent] == [(p["seq"], p["ts"], p["payload"]) for p in sent]
     assert resent[0]["payload"].endswith(b"l0") and _pic_tl0(resent[0]["payload"]) == (1, 1)
     assert resent[1]["payload"].endswith(b"h0") and _pic_tl0(resent[1]["payload"]) == (2, 2)
@@ -1613,7 +1590,7 @@ def test_switch_target_changes_and_removal(make_rig: Callable[..., Rig]) -> None
     e.set_consumer_producer(c, layers[b"l"])
     e.remove_producer(layers[b"l"])             # the target goes away: the consumer stays put
     rig.feed(_vp8(2, 3000, 0xA2, False, 6, 1, b"h1"))
-    got = [rtp(d)["payload"] for d in rig.take(rig.viewers[0])]
+    got = [read_rtp(d)["payload"] for d in rig.take(rig.viewers[0])]
     assert [p[-2:] for p in got] == [b"h0", b"h1"]
     e.remove_consumer(c)
     rig.feed(_vp8(3, 6000, 0xA2, False, 7, 1, b"h2"))
@@ -1644,13 +1621,13 @@ def test_a_joining_viewer_starts_from_the_history_gop(make_rig: Callable[..., Ri
     rig.take(rig.publisher)
     room.add_viewer(1)
     assert e.start_consumer(room.video_consumers[1]) is True
-    got = [rtp(d) for d in rig.take(rig.viewers[1])]
+    got = [read_rtp(d) for d in rig.take(rig.viewers[1])]
     first = VIEWERS[1].first_seq
     assert [p["seq"] for p in got] == [first, (first + 1) & 0xFFFF, (first + 2) & 0xFFFF]
     assert [p["payload"][-8:] for p in got] == [bytes([s]) * 8 for s in (41, 42, 43)]
     assert (got[2]["ts"] - got[0]["ts"]) & 0xFFFFFFFF == 3000
     rig.feed(room.video_packet(44, 9000))                 # live packets follow on
-    assert rtp(rig.take(rig.viewers[1])[0])["seq"] == (first + 3) & 0xFFFF
+    assert read_rtp(rig.take(rig.viewers[1])[0])["seq"] == (first + 3) & 0xFFFF
     assert plis(rig.take(rig.publisher)) == []           # the publisher was asked for nothing
     assert e.totals()["keyframe_history_starts"] == 1
     assert e.start_consumer(room.video_consumers[1]) is False  # already started: nothing to do
