@@ -230,9 +230,21 @@ class RawPeer:
         await pc.setLocalDescription(await pc.createOffer())
         offer = pc.localDescription.sdp
         await pc.close()
+        offer = self.offer_filter(self.own_offer(offer))
+        status, self.answer, headers = await _post(base_url, f"/{kind}/{room}", offer, None)
+        if status != 201:
+            raise WhipError(status, self.answer)
+        self.location = headers["Location"]
+        await asyncio.to_thread(self.connect)
+
+    def own_offer(self, template: str) -> str:
+        """A real offer with our ICE credentials, certificate and DTLS role swapped in.
+
+        Notes the SSRCs it announces (``ssrcs``; ``media_ssrc`` per kind).
+        """
         lines = []
         kind_now = ""
-        for line in offer.splitlines():
+        for line in template.splitlines():
             if line.startswith("m="):
                 kind_now = line[2:].split()[0]
             if line.startswith("a=ice-ufrag:"):
@@ -247,12 +259,7 @@ class RawPeer:
                 self.ssrcs.append(int(line.split()[0].split(":")[1]))
                 self.media_ssrc.setdefault(kind_now, self.ssrcs[-1])
             lines.append(line)
-        offer = self.offer_filter("\r\n".join(lines) + "\r\n")
-        status, self.answer, headers = await _post(base_url, f"/{kind}/{room}", offer, None)
-        if status != 201:
-            raise WhipError(status, self.answer)
-        self.location = headers["Location"]
-        await asyncio.to_thread(self.connect)
+        return "\r\n".join(lines) + "\r\n"
 
     def check(self) -> None:
         """One ICE connectivity check (USE-CANDIDATE), as a controlling agent sends it."""

@@ -559,24 +559,10 @@ class RawViewer(peers.RawPeer):
         self.first_keyframe_at: float | None = None
         self.error = ""
 
-    def offer(self, template: str) -> str:
-        lines = []
-        for line in template.splitlines():
-            if line.startswith("a=ice-ufrag:"):
-                line = f"a=ice-ufrag:{self.ufrag}"
-            elif line.startswith("a=ice-pwd:"):
-                line = f"a=ice-pwd:{self.pwd}"
-            elif line.startswith("a=fingerprint:"):
-                line = f"a=fingerprint:sha-256 {self.cert.fingerprint_sha256}"
-            elif line.startswith("a=setup:"):
-                line = f"a=setup:{self.setup}"
-            lines.append(line)
-        return "\r\n".join(lines) + "\r\n"
-
     async def watch(self, http: aiohttp.ClientSession, base_url: str, room: str, template: str,
                     executor: concurrent.futures.Executor) -> None:
         self.posted_at = time.monotonic()
-        async with http.post(f"{base_url}/whep/{room}", data=self.offer(template),
+        async with http.post(f"{base_url}/whep/{room}", data=self.own_offer(template),
                              headers={"Content-Type": "application/sdp"}) as r:
             self.answer = await r.text()
             if r.status != 201:
