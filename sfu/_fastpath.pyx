@@ -275,6 +275,10 @@ DEF OUT_BATCH = 256        # datagrams per sendmmsg
 DEF MAX_BATCHES = 16       # recvmmsg calls per readable event, to stay fair to the loop
 DEF RING = 1024            # NACK history per video producer, in packets
 DEF PACER_QUEUE = 512      # paced packets a consumer may hold (producer sequence numbers)
+DEF PROBE_BURST_S = 0.02   # a probing consumer's padding may bunch up to this much of its rate
+DEF PACE_BURST_S = 0.04   # a transport paced at its own rate sends bursts of at most this much of it
+DEF PACE_MIN_BURST = 2400  # ... and never less than this (one large packet and a small one)
+DEF PROBE_SPAN = 8         # probes copy the consumer's newest packets, this many back
 
 # Drop reasons: index into Engine.drops; names exported for metrics.
 DROP_REASONS = (
@@ -283,6 +287,7 @@ DROP_REASONS = (
     "rtp_unknown_ssrc", "rtp_unexpected_payload_type", "rtp_padding_only", "rtx_no_osn",
     "rtcp_malformed", "waiting_for_keyframe", "nack_not_in_buffer", "srtp_protect_failed",
     "send_failed", "pacer_queue_full", "pacer_expired", "unknown_protocol", "empty_datagram",
+    "nack_over_budget", "pacer_superseded",
 )
 cdef enum Drop:
     D_UNKNOWN_ADDRESS, D_SRTP_NOT_READY, D_SRTP_UNPROTECT, D_SRTCP_UNPROTECT,
@@ -290,7 +295,7 @@ cdef enum Drop:
     D_RTP_UNKNOWN_SSRC, D_RTP_UNEXPECTED_PT, D_RTP_PADDING_ONLY, D_RTX_NO_OSN,
     D_RTCP_MALFORMED, D_WAITING_KEYFRAME, D_NACK_NOT_IN_BUFFER, D_SRTP_PROTECT,
     D_SEND_FAILED, D_PACER_QUEUE_FULL, D_PACER_EXPIRED, D_UNKNOWN_PROTOCOL, D_EMPTY,
-    D_COUNT
+    D_NACK_OVER_BUDGET, D_PACER_SUPERSEDED, D_COUNT
 
 
 cdef struct Hdr:
@@ -438,6 +443,26 @@ cdef int _vp8_header(const uint8_t* data, int pos, int end) noexcept nogil:
     return pos
 
 
+cdef int _vp8_tid(const uint8_t* d, int pos, int end) noexcept nogil:
+    """The VP8 payload descriptor's TID (RFC 7741 §4.2), or -1 when it has none."""
+    cdef uint8_t x
+    if pos >= end or not d[pos] & 0x80:
+        return -1
+    if pos + 1 >= end:
+        return -1
+    x = d[pos + 1]
+    pos += 2
+    if x & 0x80:  # picture id, 7 or 15 bits
+        if pos >= end:
+            return -1
+        pos += 2 if d[pos] & 0x80 else 1
+    if x & 0x40:  # TL0PICIDX
+        pos += 1
+    if not x & 0x20 or pos >= end:
+        return -1
+    return d[pos] >> 6
+
+
 cdef int _vp8_keyframe_size(const uint8_t* data, int pos, int end, int* width, int* height) noexcept nogil:
     """Frame size from a VP8 keyframe's first packet (RFC 6386 §9.1); 0 if not readable."""
     if pos >= end:
@@ -562,8 +587,11 @@ cdef struct TransportRec:
     uint64_t packets_out
     uint64_t bytes_out
     uint32_t remb_bps
+    int remb_fell     # the REMB fell by a fifth or more since the shard last looked
     double tokens
     double tokens_at
+    double pace_rate   # bytes/s for this viewer, 0: the engine's rate
+    double pace_burst
     int n_producers
 
 
@@ -585,6 +613,7 @@ cdef struct ProducerRec:
     int rid_len
     int width         # from the last VP8 keyframe, 0 if unknown
     int height
+    int max_tid       # highest VP8 temporal layer id seen, -1 if none
     # RFC 3550 receive statistics
     int started
     uint32_t base_seq
@@ -669,6 +698,18 @@ cdef struct ConsumerRec:
     uint16_t* queue
     int q_head
     int q_len
+    # VP8 temporal layers above this TID go out as padding (-1: all are sent)
+    int tid_max
+    int tid_until_switch  # the cap is lifted at the next layer switch
+    int32_t* pad_seq      # our sequence numbers sent as padding (RING of them; NULL until the first)
+    uint32_t* pad_ts      # ... and the timestamp each carried
+    uint64_t tid_dropped
+    # bandwidth probe: RTX copies of recent packets, so the viewer's estimate can grow
+    double probe_rate   # bytes/s, 0 when not probing
+    double probe_tokens
+    double probe_at
+    int probe_k
+    uint64_t probe_bytes
 
 
 cdef inline double _now() noexcept nogil:
@@ -763,6 +804,9 @@ cdef class Engine:
     cdef public uint64_t nacks_received, keyframe_requests_received, rtcp_in
     cdef public uint64_t nacks_served, pli_sent, pli_coalesced, keyframe_history_starts
     cdef int paced_consumers
+    cdef int probing_consumers
+    cdef public uint64_t remb_falls
+    cdef public uint64_t probe_packets, probe_bytes
 
     def __cinit__(self):
         self.transports = NULL
@@ -818,6 +862,8 @@ cdef class Engine:
             free(self.producers[i].consumers)
         for i in range(self.n_consumers):
             free(self.consumers[i].queue)
+            free(self.consumers[i].pad_seq)
+            free(self.consumers[i].pad_ts)
         free(self.transports)
         free(self.producers)
         free(self.consumers)
@@ -927,6 +973,34 @@ cdef class Engine:
         cdef TransportRec* tr = self._transport(t)
         return tr.packets_in + tr.rtcp_in
 
+    def transport_sent_bytes(self, int t) -> int:
+        """Bytes sent to transport t so far (media, RTX, probes, RTCP; after SRTP)."""
+        return self._transport(t).bytes_out
+
+    def set_transport_pacing(self, int t, double bps):
+        """Pace what goes to transport t at ``bps`` (0: the engine's rate), in bursts of
+        at most 40 ms of it: a viewer's narrow link then queues a keyframe in our pacer
+        instead of losing most of it to a full router queue."""
+        cdef TransportRec* tr = self._transport(t)
+        if bps > 0:
+            tr.pace_rate = bps / 8.0
+            tr.pace_burst = min(self.pacer_burst_bytes, max(PACE_MIN_BURST, tr.pace_rate * PACE_BURST_S))
+        else:
+            tr.pace_rate = 0
+            tr.pace_burst = 0
+        if tr.tokens > (tr.pace_burst if tr.pace_rate > 0 else self.pacer_burst_bytes):
+            tr.tokens = tr.pace_burst if tr.pace_rate > 0 else self.pacer_burst_bytes
+
+    def take_remb_falls(self) -> list:
+        """Transports whose REMB fell by a fifth or more since the last call."""
+        cdef int t
+        cdef list out = []
+        for t in range(self.n_transports):
+            if self.transports[t].in_use and self.transports[t].remb_fell:
+                self.transports[t].remb_fell = 0
+                out.append(t)
+        return out
+
     def transport_remb_bps(self, int t) -> int:
         return self._transport(t).remb_bps
 
@@ -964,6 +1038,7 @@ cdef class Engine:
         memcpy(pr.rid, <const char*>rid, pr.rid_len)
         pr.last_pli = -1e9
         pr.last_key_seq = -1
+        pr.max_tid = -1
         if video:
             pr.ring = <uint8_t*>malloc(RING * SLOT)
             pr.ring_len = <uint16_t*>calloc(RING, sizeof(uint16_t))
@@ -1030,6 +1105,7 @@ cdef class Engine:
             "jitter": pr.jitter, "jitter_seconds": pr.jitter / pr.clock_rate if pr.clock_rate else 0.0,
             "keyframe_requests_sent": pr.pli_sent, "keyframe_requests_coalesced": pr.pli_coalesced,
             "consumers": pr.n_consumers, "width": pr.width, "height": pr.height,
+            "temporal_layers": pr.max_tid + 1 if pr.max_tid >= 0 else 1,
         }
 
     # --- control: consumers -----------------------------------------------------------
@@ -1066,6 +1142,7 @@ cdef class Engine:
         cr.prev_producer = -1
         cr.is_vp8 = pr.codec == 1
         cr.last_pic = cr.last_tl0 = -1
+        cr.tid_max = -1
         if pr.is_video:
             cr.queue = <uint16_t*>malloc(PACER_QUEUE * sizeof(uint16_t))
             if cr.queue == NULL:
@@ -1134,6 +1211,12 @@ cdef class Engine:
         _map_del(&self.consumer_map, _consumer_key(cr.transport, cr.ssrc))
         if cr.q_len:
             self.paced_consumers -= 1
+        if cr.probe_rate > 0:
+            self.probing_consumers -= 1
+        free(cr.pad_seq)
+        free(cr.pad_ts)
+        cr.pad_seq = NULL
+        cr.pad_ts = NULL
         free(cr.queue)
         cr.queue = NULL
         cr.in_use = 0
@@ -1142,7 +1225,49 @@ cdef class Engine:
         cdef ConsumerRec* cr = self._consumer(c)
         return {"packets_sent": cr.packets_sent, "bytes_sent": cr.bytes_sent,
                 "nacks_served": cr.nacks_served, "started": bool(cr.started), "paced": cr.q_len,
-                "fraction_lost": cr.fraction_lost / 256.0, "reports": cr.reports}
+                "fraction_lost": cr.fraction_lost / 256.0, "reports": cr.reports,
+                "probe_bytes": cr.probe_bytes, "tid_max": cr.tid_max, "tid_dropped": cr.tid_dropped}
+
+    def set_consumer_temporal(self, int c, int tid_max, bint until_switch=False):
+        """Send VP8 temporal layers up to ``tid_max`` only (-1: all of them).
+
+        A frame of a higher layer goes out as a padding-only packet in its place:
+        the viewer's sequence numbers stay gap-free (no NACKs, no jitter-buffer
+        holes) and nothing references the missing frames, since a temporal layer
+        only ever predicts from its own or lower layers. The padding carries the
+        timestamp of the last frame sent, so a receiver that groups packets by
+        timestamp (aiortc) sees no empty frame. Takes effect at once: no keyframe
+        is needed to change temporal layers.
+
+        ``until_switch``: lift the cap when the consumer next moves to another layer.
+        Cutting the current layer to its base temporal layer while the next layer's
+        keyframe is on its way takes most of the load off a link that just narrowed,
+        so the viewer keeps decoding (at a lower frame rate) instead of freezing.
+        """
+        cdef ConsumerRec* cr = self._consumer(c)
+        cr.tid_max = tid_max if tid_max >= 0 else -1
+        cr.tid_until_switch = until_switch and cr.tid_max >= 0
+
+    def set_consumer_probe(self, int c, double bps):
+        """Pad the consumer's stream up by ``bps`` with RTX copies of its recent packets.
+
+        A receiver's bandwidth estimate (REMB, transport-cc) cannot exceed much more
+        than what it receives, so a viewer on a small layer never shows room for a
+        bigger one unless the sender offers more bytes. Copies of packets it already
+        has cost the decoder nothing (the jitter buffer drops duplicates). Needs RTX
+        (a copy on the media SSRC would be a duplicate sequence number, not padding);
+        0 stops. Sent from :meth:`tick`, within the transport's pacer budget.
+        """
+        cdef ConsumerRec* cr = self._consumer(c)
+        cdef double rate = bps / 8.0 if bps > 0 and cr.has_rtx and cr.is_video else 0.0
+        if rate > 0 and cr.probe_rate <= 0:
+            self.probing_consumers += 1
+            cr.probe_tokens = 0
+            cr.probe_at = _now()
+            cr.probe_k = 0
+        elif rate <= 0 and cr.probe_rate > 0:
+            self.probing_consumers -= 1
+        cr.probe_rate = rate
 
     def start_consumer(self, int c) -> bool:
         """A viewer is ready: start it from the history if it holds the whole current GOP.
@@ -1220,6 +1345,7 @@ cdef class Engine:
             "keyframe_requests_received": self.keyframe_requests_received,
             "keyframe_requests_sent": self.pli_sent, "keyframe_requests_coalesced": self.pli_coalesced,
             "keyframe_history_starts": self.keyframe_history_starts,
+            "probe_packets": self.probe_packets, "probe_bytes": self.probe_bytes,
         }
 
     # --- I/O ----------------------------------------------------------------------------
@@ -1358,6 +1484,10 @@ cdef class Engine:
             memcpy(pr.ring + i * SLOT, buf, n)
             pr.ring_len[i] = n
             pr.ring_seq[i] = h.seq
+        if pr.codec == 1:
+            i = _vp8_tid(buf, h.payload_off, h.payload_off + h.payload_len)
+            if i > pr.max_tid:
+                pr.max_tid = i
         key = pr.is_video and _keyframe(pr.codec, buf, h.payload_off, h.payload_off + h.payload_len)
         if key:
             if pr.codec == 1:
@@ -1431,18 +1561,25 @@ cdef class Engine:
         cdef ConsumerRec* cr = &self.consumers[c]
         cdef TransportRec* tr = &self.transports[cr.transport]
         cdef uint8_t* out
-        cdef int n
+        cdef int n, i
         if not tr.has_addr or not tr.ready:
             return
         if cr.producer != p:
             # A packet of the layer this consumer waits to move to.
             if p != cr.target:
                 return
-            if not key or cr.q_len:
+            if not key:
                 if now - cr.keyframe_asked > 1.0:
                     cr.keyframe_asked = now
                     self._keyframe_request(p, now)
                 return
+            if cr.q_len:
+                # What the old layer still has waiting is stale next to this keyframe (a
+                # down-switch is usually why it waits); it was never numbered, so
+                # dropping it leaves the viewer no gap.
+                self.drops[<int>D_PACER_SUPERSEDED] += cr.q_len
+                cr.q_len = 0
+                self.paced_consumers -= 1
             self._switch(c, p, h, now)
         if not cr.started:
             if cr.is_video and not key:
@@ -1461,9 +1598,26 @@ cdef class Engine:
                 return
         out = self._out_slot()
         cr.last_seq = (h.seq + cr.seq_offset) & 0xFFFF
+        if cr.tid_max >= 0 and cr.is_vp8 and _vp8_tid(buf, h.payload_off, h.payload_off + h.payload_len) > cr.tid_max:
+            n = self._padding(cr, out, cr.last_seq, cr.last_ts)
+            if cr.pad_seq == NULL:
+                cr.pad_seq = <int32_t*>malloc(RING * sizeof(int32_t))
+                cr.pad_ts = <uint32_t*>malloc(RING * sizeof(uint32_t))
+                if cr.pad_seq == NULL or cr.pad_ts == NULL:
+                    raise MemoryError()
+                for i in range(RING):
+                    cr.pad_seq[i] = -1
+            cr.pad_seq[cr.last_seq % RING] = cr.last_seq
+            cr.pad_ts[cr.last_seq % RING] = cr.last_ts
+            cr.tid_dropped += 1
+            tr.tokens -= n
+            self._emit(cr.transport, n, False)
+            return
+        if cr.pad_seq != NULL:
+            cr.pad_seq[cr.last_seq % RING] = -1
         cr.last_ts = h.ts + cr.ts_offset
         cr.last_at = now
-        n = self._rewrite(cr, buf, h, out, cr.last_seq, True)
+        n = self._rewrite(cr, buf, h, out, cr.last_seq, True, now)
         cr.packets_sent += 1
         cr.bytes_sent += h.payload_len
         tr.tokens -= n
@@ -1487,6 +1641,9 @@ cdef class Engine:
         cr.producer = p
         cr.target = -1
         cr.is_vp8 = pr.codec == 1
+        if cr.tid_until_switch:
+            cr.tid_max = -1
+            cr.tid_until_switch = 0
         if not cr.started:
             return
         cr.switched = 1
@@ -1536,17 +1693,27 @@ cdef class Engine:
             cr.pic_reset = 0
 
     cdef int _rewrite(self, ConsumerRec* cr, const uint8_t* buf, Hdr* h, uint8_t* o, uint32_t seq,
-                      bint track) noexcept nogil:
-        """The viewer's copy: its SSRC, seq, ts, PT; extensions in its ids; no padding."""
+                      bint track, double now) noexcept nogil:
+        """The viewer's copy: its SSRC, seq, ts, PT; extensions in its ids; no padding.
+
+        abs-send-time is stamped now, whether or not the publisher sent one: the
+        viewer's delay-based estimate is about the path from us, and a timestamp from
+        the publisher would count our queueing (pacer, probes, history replays) as
+        congestion on the viewer's link.
+        """
         cdef int elen = 0, pos
+        cdef uint32_t abs24
         cdef uint8_t* ext = o + 12 + 4 * h.cc + 4
         if cr.id_mid and cr.mid_len:
             ext[0] = (cr.id_mid << 4) | (cr.mid_len - 1)
             memcpy(ext + 1, cr.mid, cr.mid_len)
             elen = 1 + cr.mid_len
-        if cr.id_abs and h.abs_off >= 0:
+        if cr.id_abs:
             ext[elen] = (cr.id_abs << 4) | 2
-            memcpy(ext + elen + 1, buf + h.abs_off, 3)
+            abs24 = <uint32_t>(<uint64_t>(now * 262144.0) & 0xFFFFFF)  # 6.18 fixed-point seconds
+            ext[elen + 1] = (abs24 >> 16) & 0xFF
+            ext[elen + 2] = (abs24 >> 8) & 0xFF
+            ext[elen + 3] = abs24 & 0xFF
             elen += 4
         if cr.id_level and h.level_off >= 0:
             ext[elen] = cr.id_level << 4
@@ -1572,6 +1739,16 @@ cdef class Engine:
         if cr.is_vp8:
             self._vp8(cr, o + pos, h.payload_len, track)
         return pos + h.payload_len
+
+    cdef int _padding(self, ConsumerRec* cr, uint8_t* o, uint16_t seq, uint32_t ts) noexcept nogil:
+        """A padding-only packet (RFC 3550 §5.1) in the consumer's numbering."""
+        o[0] = 0xA0
+        o[1] = cr.pt
+        _put16(o + 2, seq)
+        _put32(o + 4, ts)
+        _put32(o + 8, cr.ssrc)
+        _put32(o + 12, 4)
+        return 16
 
     # --- egress -------------------------------------------------------------------------
 
@@ -1618,9 +1795,14 @@ cdef class Engine:
     # --- pacing -------------------------------------------------------------------------
 
     cdef inline void _refill(self, TransportRec* tr, double now) noexcept nogil:
-        tr.tokens += (now - tr.tokens_at) * self.pacer_rate_bytes_s
-        if tr.tokens > self.pacer_burst_bytes:
-            tr.tokens = self.pacer_burst_bytes
+        if tr.pace_rate > 0:
+            tr.tokens += (now - tr.tokens_at) * tr.pace_rate
+            if tr.tokens > tr.pace_burst:
+                tr.tokens = tr.pace_burst
+        else:
+            tr.tokens += (now - tr.tokens_at) * self.pacer_rate_bytes_s
+            if tr.tokens > self.pacer_burst_bytes:
+                tr.tokens = self.pacer_burst_bytes
         tr.tokens_at = now
 
     cdef void _enqueue(self, ConsumerRec* cr, uint16_t seq) noexcept nogil:
@@ -1659,6 +1841,45 @@ cdef class Engine:
                 continue
             self._forward(c, cr.producer, pr.ring + i * SLOT, &h, False, now, True)
 
+    cdef void _probe(self, int c, double now) except *:
+        """Spend the consumer's probe budget on RTX copies of the packets it got last."""
+        cdef ConsumerRec* cr = &self.consumers[c]
+        cdef TransportRec* tr = &self.transports[cr.transport]
+        cdef double cap = cr.probe_rate * PROBE_BURST_S
+        cdef uint16_t seq
+        cdef int n, skipped = 0
+        cr.probe_tokens += (now - cr.probe_at) * cr.probe_rate
+        cr.probe_at = now
+        if cap < 1500:
+            cap = 1500
+        if cr.probe_tokens > cap:
+            cr.probe_tokens = cap
+        if not cr.started or cr.producer < 0 or cr.q_len or not tr.has_addr or not tr.ready:
+            return  # nothing sent yet to copy, or the pacer is behind already
+        if self.pacer_enabled:
+            self._refill(tr, now)
+        while cr.probe_tokens > 0 and (not self.pacer_enabled or tr.tokens > 0):
+            seq = (cr.last_seq - cr.probe_k) & 0xFFFF
+            if cr.switched and ((seq - cr.switch_seq) & 0xFFFF) >= 0x8000:
+                # Only copies of the current layer: its offsets would misnumber older ones.
+                cr.probe_k = 0
+                seq = cr.last_seq
+            cr.probe_k = (cr.probe_k + 1) % PROBE_SPAN
+            if cr.pad_seq != NULL and cr.pad_seq[seq % RING] == seq:
+                # Went out as padding: a copy of the frame the viewer never got would break it.
+                skipped += 1
+                if skipped > PROBE_SPAN:
+                    return
+                continue
+            n = self._resend(c, cr.producer, seq, now, True)
+            if n <= 0:
+                cr.probe_k = 0
+                return
+            cr.probe_tokens -= n
+            cr.probe_bytes += n
+            self.probe_packets += 1
+            self.probe_bytes += n
+
     def tick(self) -> float:
         """Timer work: paced packets and coalesced keyframe requests. Returns the delay
         (seconds) after which it wants to run again."""
@@ -1677,6 +1898,11 @@ cdef class Engine:
                     self._send_pli(i, now)
                 else:
                     wait = min(wait, pr.last_pli + self.keyframe_min_interval_s - now)
+        if self.probing_consumers:
+            for i in range(self.n_consumers):
+                if self.consumers[i].in_use and self.consumers[i].probe_rate > 0:
+                    self._probe(i, now)
+            wait = min(wait, 0.01)
         self._flush()
         if self.paced_consumers:
             wait = min(wait, 0.005)
@@ -1740,12 +1966,17 @@ cdef class Engine:
                     # (18 + 31 bits fit in 64; any larger exponent saturates unless mantissa is 0)
                     mantissa = ((buf[pos + 17] & 0x03) << 16) | (buf[pos + 18] << 8) | buf[pos + 19]
                     shift = buf[pos + 17] >> 2
+                    sender = tr.remb_bps  # the previous one
                     if mantissa == 0:
                         tr.remb_bps = 0
                     elif shift > 31:
                         tr.remb_bps = 0xFFFFFFFF
                     else:
                         tr.remb_bps = <uint32_t>min(<uint64_t>mantissa << shift, <uint64_t>0xFFFFFFFF)
+                    if <uint64_t>tr.remb_bps * 5 < <uint64_t>sender * 4 and not tr.remb_fell:
+                        # Congestion: worth a layer decision now rather than at the next tick.
+                        tr.remb_fell = 1
+                        self.remb_falls += 1
             pos = end
         if pos != n:
             self.drops[<int>D_RTCP_MALFORMED] += 1
@@ -1797,10 +2028,25 @@ cdef class Engine:
         cdef uint16_t seq_offset = cr.seq_offset, pic_offset = cr.pic_offset
         cdef uint32_t ts_offset = cr.ts_offset
         cdef uint8_t tl0_offset = cr.tl0_offset
+        cdef int n
         if cr.producer < 0 or not cr.started or not cr.nack:
+            return
+        if cr.pad_seq != NULL and cr.pad_seq[seq % RING] == seq:
+            # It went out as padding (a dropped temporal layer): the same padding again.
+            n = self._padding(cr, self._out_slot(), seq, cr.pad_ts[seq % RING])
+            cr.nacks_served += 1
+            self.nacks_served += 1
+            self._emit(cr.transport, n, False)
             return
         if cr.switched and ((seq - cr.switch_seq) & 0xFFFF) >= 0x8000:
             # Sent before the last layer switch: the previous layer's history, numbering.
+            if self.pacer_enabled:
+                self._refill(&self.transports[cr.transport], now)
+                if self.transports[cr.transport].tokens <= 0:
+                    # ... unless the viewer's link is spent: after a down-switch those are
+                    # what congested it, and the new layer's keyframe needs the room.
+                    self.drops[<int>D_NACK_OVER_BUDGET] += 1
+                    return
             p = cr.prev_producer
             if p < 0 or ((seq - cr.prev_start_seq) & 0xFFFF) >= 0x8000:  # older still: gone
                 self.drops[<int>D_NACK_NOT_IN_BUFFER] += 1
@@ -1808,11 +2054,12 @@ cdef class Engine:
             cr.seq_offset, cr.ts_offset = cr.prev_seq_offset, cr.prev_ts_offset
             cr.pic_offset, cr.tl0_offset = cr.prev_pic_offset, cr.prev_tl0_offset
         try:
-            self._resend(c, p, seq)
+            self._resend(c, p, seq, now, False)
         finally:
             cr.seq_offset, cr.ts_offset, cr.pic_offset, cr.tl0_offset = seq_offset, ts_offset, pic_offset, tl0_offset
 
-    cdef void _resend(self, int c, int p, uint16_t seq) except *:
+    cdef int _resend(self, int c, int p, uint16_t seq, double now, bint probe) except -1:
+        """Our packet ``seq`` again, from producer p's history; returns the bytes sent (0: gone)."""
         cdef ConsumerRec* cr = &self.consumers[c]
         cdef ProducerRec* pr = &self.producers[p]
         cdef TransportRec* pt
@@ -1821,16 +2068,17 @@ cdef class Engine:
         cdef Hdr h
         cdef uint8_t* o
         if pr.ring == NULL:
-            return
+            return 0
         i = src % RING
         pt = &self.transports[pr.transport]
         if pr.ring_seq[i] != src or _parse(pr.ring + i * SLOT, pr.ring_len[i], pt.id_mid, pt.id_abs, pt.id_level, 0, 0,
                                            &h) < 0:
-            self.drops[<int>D_NACK_NOT_IN_BUFFER] += 1
-            return
+            if not probe:
+                self.drops[<int>D_NACK_NOT_IN_BUFFER] += 1
+            return 0
         o = self._out_slot()
         if cr.has_rtx:
-            n = self._rewrite(cr, pr.ring + i * SLOT, &h, self.scratch, seq, False)
+            n = self._rewrite(cr, pr.ring + i * SLOT, &h, self.scratch, seq, False, now)
             off = n - h.payload_len
             memcpy(o, self.scratch, off)
             o[1] = (o[1] & 0x80) | cr.rtx_pt
@@ -1841,10 +2089,16 @@ cdef class Engine:
             memcpy(o + off + 2, self.scratch + off, h.payload_len)
             n += 2
         else:
-            n = self._rewrite(cr, pr.ring + i * SLOT, &h, o, seq, False)
-        cr.nacks_served += 1
-        self.nacks_served += 1
+            n = self._rewrite(cr, pr.ring + i * SLOT, &h, o, seq, False, now)
+        if not probe:
+            cr.nacks_served += 1
+            self.nacks_served += 1
+        if self.pacer_enabled:
+            # Repairs and probes are not queued, but they spend the viewer's budget:
+            # the media after them waits its turn instead of piling onto a full link.
+            self.transports[cr.transport].tokens -= n
         self._emit(cr.transport, n, False)
+        return n
 
     cdef void _on_keyframe_request(self, int t, uint32_t media, double now) except *:
         cdef int32_t c = _map_get(&self.consumer_map, _consumer_key(t, media))

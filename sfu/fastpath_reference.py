@@ -228,6 +228,10 @@ IN_BATCH = 64          # datagrams per batch read
 MAX_BATCHES = 16       # batches per readable event
 RING = 1024            # NACK history per video producer, in packets
 PACER_QUEUE = 512      # paced packets a consumer may hold
+PROBE_BURST_S = 0.02   # a probing consumer's padding may bunch up to this much of its rate
+PACE_BURST_S = 0.04   # a transport paced at its own rate sends bursts of at most this much of it
+PACE_MIN_BURST = 2400  # ... and never less than this (one large packet and a small one)
+PROBE_SPAN = 8         # probes copy the consumer's newest packets, this many back
 KEYFRAME_ASK_INTERVAL_S = 1.0  # a waiting consumer asks for a keyframe at most this often
 
 DROP_REASONS = (
@@ -236,12 +240,14 @@ DROP_REASONS = (
     "rtp_unknown_ssrc", "rtp_unexpected_payload_type", "rtp_padding_only", "rtx_no_osn",
     "rtcp_malformed", "waiting_for_keyframe", "nack_not_in_buffer", "srtp_protect_failed",
     "send_failed", "pacer_queue_full", "pacer_expired", "unknown_protocol", "empty_datagram",
+    "nack_over_budget", "pacer_superseded",
 )
 (D_UNKNOWN_ADDRESS, D_SRTP_NOT_READY, D_SRTP_UNPROTECT, D_SRTCP_UNPROTECT,
  D_RTP_TRUNCATED, D_RTP_BAD_VERSION, D_RTP_BAD_PADDING, D_RTP_BAD_EXTENSION, D_RTP_TOO_LARGE,
  D_RTP_UNKNOWN_SSRC, D_RTP_UNEXPECTED_PT, D_RTP_PADDING_ONLY, D_RTX_NO_OSN,
  D_RTCP_MALFORMED, D_WAITING_KEYFRAME, D_NACK_NOT_IN_BUFFER, D_SRTP_PROTECT,
- D_SEND_FAILED, D_PACER_QUEUE_FULL, D_PACER_EXPIRED, D_UNKNOWN_PROTOCOL, D_EMPTY) = range(len(DROP_REASONS))
+ D_SEND_FAILED, D_PACER_QUEUE_FULL, D_PACER_EXPIRED, D_UNKNOWN_PROTOCOL, D_EMPTY,
+ D_NACK_OVER_BUDGET, D_PACER_SUPERSEDED) = range(len(DROP_REASONS))
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -352,6 +358,23 @@ def _vp8_header(data: bytes | bytearray, pos: int, end: int) -> int:
     return pos
 
 
+def _vp8_tid(d: bytes | bytearray, pos: int, end: int) -> int:
+    """The VP8 payload descriptor's TID (RFC 7741 §4.2), or -1 when it has none."""
+    if pos >= end or not d[pos] & 0x80 or pos + 1 >= end:
+        return -1
+    x = d[pos + 1]
+    pos += 2
+    if x & 0x80:  # picture id, 7 or 15 bits
+        if pos >= end:
+            return -1
+        pos += 2 if d[pos] & 0x80 else 1
+    if x & 0x40:  # TL0PICIDX
+        pos += 1
+    if not x & 0x20 or pos >= end:
+        return -1
+    return d[pos] >> 6
+
+
 def _vp8_keyframe_size(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
     """Frame size from a VP8 keyframe's first packet (RFC 6386 §9.1); None if not readable."""
     if pos >= end:
@@ -416,7 +439,7 @@ def _sockaddr(host: str, port: int) -> tuple[str, int]:
 class _Transport:
     __slots__ = ("has_addr", "addr", "srtp_rx", "srtp_tx", "sessions", "secure", "ready",
                  "id_mid", "id_abs", "id_level", "id_rid", "id_rrid", "last_seen", "rtcp_ssrc", "packets_in", "rtcp_in",
-                 "bytes_in", "packets_out", "bytes_out", "remb_bps", "tokens", "tokens_at",
+                 "bytes_in", "packets_out", "bytes_out", "remb_bps", "tokens", "tokens_at", "pace_rate", "pace_burst", "remb_fell",
                  "n_producers")
 
     def __init__(self) -> None:
@@ -428,13 +451,15 @@ class _Transport:
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
         self.rtcp_in = 0
         self.remb_bps = 0
+        self.pace_rate = self.pace_burst = 0.0
+        self.remb_fell = False
         self.n_producers = 0
 
 
 class _Producer:
     __slots__ = ("transport", "is_video", "codec", "pt", "rtx_pt", "clock_rate", "ssrc",
                  "rtx_ssrc", "has_ssrc", "has_rtx_ssrc", "mid", "rid", "width", "height", "stats", "ring", "last_pli",
-                 "last_key_seq", "last_key_ts",
+                 "last_key_seq", "last_key_ts", "max_tid",
                  "pli_pending", "pli_sent", "pli_coalesced", "consumers")
 
 
@@ -445,7 +470,8 @@ class _Consumer:
                  "nacks_served", "keyframe_asked", "queue", "target", "is_vp8", "last_seq", "last_ts",
                  "last_at", "switched", "switch_seq", "pic_offset", "tl0_offset", "last_pic", "last_tl0",
                  "pic_reset", "fraction_lost", "reports", "prev_producer", "prev_start_seq", "prev_seq_offset",
-                 "prev_ts_offset", "prev_pic_offset", "prev_tl0_offset")
+                 "prev_ts_offset", "prev_pic_offset", "prev_tl0_offset", "probe_rate", "probe_tokens", "probe_at",
+                 "probe_k", "probe_bytes", "tid_max", "tid_dropped", "tid_until_switch", "pad")
 
 
 def _slot(records: list, record: object) -> int:
@@ -486,6 +512,9 @@ class Engine:
         self.nacks_served = self.pli_sent = self.pli_coalesced = 0
         self.keyframe_history_starts = 0
         self._paced_consumers = 0
+        self._probing_consumers = 0
+        self.remb_falls = 0
+        self.probe_packets = self.probe_bytes = 0
 
     def __del__(self) -> None:
         sock = getattr(self, "_sock", None)
@@ -565,6 +594,31 @@ class Engine:
         tr = self._transport(t)
         return tr.packets_in + tr.rtcp_in
 
+    def transport_sent_bytes(self, t: int) -> int:
+        """Bytes sent to transport t so far (media, RTX, probes, RTCP; after SRTP)."""
+        return self._transport(t).bytes_out
+
+    def set_transport_pacing(self, t: int, bps: float) -> None:
+        """Pace what goes to transport t at ``bps`` (0: the engine's rate), in bursts of
+        at most 40 ms of it: a viewer's narrow link then queues a keyframe in our pacer
+        instead of losing most of it to a full router queue."""
+        tr = self._transport(t)
+        if bps > 0:
+            tr.pace_rate = bps / 8.0
+            tr.pace_burst = min(self.pacer_burst_bytes, max(PACE_MIN_BURST, tr.pace_rate * PACE_BURST_S))
+        else:
+            tr.pace_rate = tr.pace_burst = 0.0
+        tr.tokens = min(tr.tokens, tr.pace_burst if tr.pace_rate > 0 else self.pacer_burst_bytes)
+
+    def take_remb_falls(self) -> list[int]:
+        """Transports whose REMB fell by a fifth or more since the last call."""
+        out = []
+        for t, tr in enumerate(self._transports):
+            if tr is not None and tr.remb_fell:
+                tr.remb_fell = False
+                out.append(t)
+        return out
+
     def transport_remb_bps(self, t: int) -> int:
         return self._transport(t).remb_bps
 
@@ -604,6 +658,7 @@ class Engine:
         pr.ring = RetransmissionBuffer(RING) if pr.is_video else None
         pr.last_pli = -1e9
         pr.last_key_seq = -1
+        pr.max_tid = -1
         pr.last_key_ts = 0
         pr.pli_pending = False
         pr.pli_sent = pr.pli_coalesced = 0
@@ -660,6 +715,7 @@ class Engine:
             "jitter": s.jitter, "jitter_seconds": s.jitter / pr.clock_rate if pr.clock_rate else 0.0,
             "keyframe_requests_sent": pr.pli_sent, "keyframe_requests_coalesced": pr.pli_coalesced,
             "consumers": len(pr.consumers), "width": pr.width, "height": pr.height,
+            "temporal_layers": pr.max_tid + 1 if pr.max_tid >= 0 else 1,
         }
 
     # --- control: consumers -----------------------------------------------------------
@@ -704,11 +760,17 @@ class Engine:
         cr.switched = False
         cr.switch_seq = cr.pic_offset = cr.tl0_offset = 0
         cr.last_pic = cr.last_tl0 = -1
+        cr.tid_max = -1
+        cr.tid_dropped = 0
+        cr.tid_until_switch = False
+        cr.pad: list[tuple[int, int]] | None = None  # our seqs sent as padding, RING of them, with their ts
         cr.pic_reset = False
         cr.fraction_lost = 0
         cr.reports = 0
         cr.prev_producer = -1
         cr.prev_start_seq = cr.prev_seq_offset = cr.prev_ts_offset = cr.prev_pic_offset = cr.prev_tl0_offset = 0
+        cr.probe_rate = cr.probe_tokens = cr.probe_at = 0.0
+        cr.probe_k = cr.probe_bytes = 0
         c = _slot(self._consumers, cr)
         pr.consumers.append(c)
         self._consumer_map[(t, ssrc)] = c
@@ -753,13 +815,57 @@ class Engine:
         self._consumer_map.pop((cr.transport, cr.ssrc), None)
         if cr.queue:
             self._paced_consumers -= 1
+        if cr.probe_rate > 0:
+            self._probing_consumers -= 1
         self._consumers[c] = None
 
     def consumer_stats(self, c: int) -> dict:
         cr = self._consumer(c)
         return {"packets_sent": cr.packets_sent, "bytes_sent": cr.bytes_sent,
                 "nacks_served": cr.nacks_served, "started": bool(cr.started), "paced": len(cr.queue),
-                "fraction_lost": cr.fraction_lost / 256.0, "reports": cr.reports}
+                "fraction_lost": cr.fraction_lost / 256.0, "reports": cr.reports,
+                "probe_bytes": cr.probe_bytes, "tid_max": cr.tid_max, "tid_dropped": cr.tid_dropped}
+
+    def set_consumer_temporal(self, c: int, tid_max: int, until_switch: bool = False) -> None:
+        """Send VP8 temporal layers up to ``tid_max`` only (-1: all of them).
+
+        A frame of a higher layer goes out as a padding-only packet in its place:
+        the viewer's sequence numbers stay gap-free (no NACKs, no jitter-buffer
+        holes) and nothing references the missing frames, since a temporal layer
+        only ever predicts from its own or lower layers. The padding carries the
+        timestamp of the last frame sent, so a receiver that groups packets by
+        timestamp (aiortc) sees no empty frame. Takes effect at once: no keyframe
+        is needed to change temporal layers.
+
+        ``until_switch``: lift the cap when the consumer next moves to another layer.
+        Cutting the current layer to its base temporal layer while the next layer's
+        keyframe is on its way takes most of the load off a link that just narrowed,
+        so the viewer keeps decoding (at a lower frame rate) instead of freezing.
+        """
+        cr = self._consumer(c)
+        cr.tid_max = int(tid_max) if tid_max >= 0 else -1
+        cr.tid_until_switch = bool(until_switch) and cr.tid_max >= 0
+
+    def set_consumer_probe(self, c: int, bps: float) -> None:
+        """Pad the consumer's stream up by ``bps`` with RTX copies of its recent packets.
+
+        A receiver's bandwidth estimate (REMB, transport-cc) cannot exceed much more
+        than what it receives, so a viewer on a small layer never shows room for a
+        bigger one unless the sender offers more bytes. Copies of packets it already
+        has cost the decoder nothing (the jitter buffer drops duplicates). Needs RTX
+        (a copy on the media SSRC would be a duplicate sequence number, not padding);
+        0 stops. Sent from :meth:`tick`, within the transport's pacer budget.
+        """
+        cr = self._consumer(c)
+        rate = bps / 8.0 if bps > 0 and cr.has_rtx and cr.is_video else 0.0
+        if rate > 0 and cr.probe_rate <= 0:
+            self._probing_consumers += 1
+            cr.probe_tokens = 0.0
+            cr.probe_at = time.monotonic()
+            cr.probe_k = 0
+        elif rate <= 0 and cr.probe_rate > 0:
+            self._probing_consumers -= 1
+        cr.probe_rate = rate
 
     def start_consumer(self, c: int) -> bool:
         """A viewer is ready: start it from the history if it holds the whole current GOP,
@@ -829,6 +935,7 @@ class Engine:
             "keyframe_requests_received": self.keyframe_requests_received,
             "keyframe_requests_sent": self.pli_sent, "keyframe_requests_coalesced": self.pli_coalesced,
             "keyframe_history_starts": self.keyframe_history_starts,
+            "probe_packets": self.probe_packets, "probe_bytes": self.probe_bytes,
         }
 
     # --- I/O ----------------------------------------------------------------------------
@@ -953,6 +1060,8 @@ class Engine:
         packet = bytes(buf)
         if pr.ring is not None:
             pr.ring.store(h.seq, packet)
+        if pr.codec == CODEC_VP8:
+            pr.max_tid = max(pr.max_tid, _vp8_tid(packet, h.payload_off, n))
         key = pr.is_video and _keyframe(pr.codec, packet, h.payload_off, n)
         if key:
             if pr.codec == CODEC_VP8:
@@ -1000,11 +1109,18 @@ class Engine:
             # A packet of the layer this consumer waits to move to.
             if p != cr.target:
                 return
-            if not key or cr.queue:
+            if not key:
                 if now - cr.keyframe_asked > KEYFRAME_ASK_INTERVAL_S:
                     cr.keyframe_asked = now
                     self._keyframe_request(p, now)
                 return
+            if cr.queue:
+                # What the old layer still has waiting is stale next to this keyframe (a
+                # down-switch is usually why it waits); it was never numbered, so
+                # dropping it leaves the viewer no gap.
+                self._drops[D_PACER_SUPERSEDED] += len(cr.queue)
+                cr.queue.clear()
+                self._paced_consumers -= 1
             self._switch(c, p, h, now)
         if not cr.started:
             if cr.is_video and not key:
@@ -1022,9 +1138,20 @@ class Engine:
                 self._enqueue(cr, h.seq)
                 return
         cr.last_seq = (h.seq + cr.seq_offset) & 0xFFFF
+        if cr.tid_max >= 0 and cr.is_vp8 and _vp8_tid(buf, h.payload_off, h.payload_off + h.payload_len) > cr.tid_max:
+            out = self._padding(cr, cr.last_seq, cr.last_ts)
+            if cr.pad is None:
+                cr.pad = [(-1, 0)] * RING
+            cr.pad[cr.last_seq % RING] = (cr.last_seq, cr.last_ts)
+            cr.tid_dropped += 1
+            tr.tokens -= len(out)
+            self._emit(cr.transport, out, False)
+            return
+        if cr.pad is not None:
+            cr.pad[cr.last_seq % RING] = (-1, 0)
         cr.last_ts = (h.ts + cr.ts_offset) & 0xFFFFFFFF
         cr.last_at = now
-        out = self._rewrite(cr, buf, h, cr.last_seq, True)
+        out = self._rewrite(cr, buf, h, cr.last_seq, True, now)
         cr.packets_sent += 1
         cr.bytes_sent += h.payload_len
         tr.tokens -= len(out)
@@ -1045,6 +1172,9 @@ class Engine:
         cr.producer = p
         cr.target = -1
         cr.is_vp8 = pr.codec == CODEC_VP8
+        if cr.tid_until_switch:
+            cr.tid_max = -1
+            cr.tid_until_switch = False
         if not cr.started:
             return
         cr.switched = True
@@ -1096,15 +1226,21 @@ class Engine:
             cr.pic_reset = False
 
     @classmethod
-    def _rewrite(cls, cr: _Consumer, buf: bytes, h: _Hdr, seq: int, track: bool) -> bytes:
-        """The viewer's copy: its SSRC, seq, ts, PT; extensions in its ids; no padding."""
+    def _rewrite(cls, cr: _Consumer, buf: bytes, h: _Hdr, seq: int, track: bool, now: float) -> bytes:
+        """The viewer's copy: its SSRC, seq, ts, PT; extensions in its ids; no padding.
+
+        abs-send-time is stamped now, whether or not the publisher sent one: the
+        viewer's delay-based estimate is about the path from us, and a timestamp from
+        the publisher would count our queueing (pacer, probes, history replays) as
+        congestion on the viewer's link.
+        """
         ext = bytearray()
         if cr.id_mid and cr.mid:
             ext.append(((cr.id_mid << 4) | (len(cr.mid) - 1)) & 0xFF)
             ext += cr.mid
-        if cr.id_abs and h.abs_off >= 0:
+        if cr.id_abs:
             ext.append(((cr.id_abs << 4) | 2) & 0xFF)
-            ext += buf[h.abs_off:h.abs_off + 3]
+            ext += (int(now * 262144.0) & 0xFFFFFF).to_bytes(3, "big")  # 6.18 fixed-point seconds
         if cr.id_level and h.level_off >= 0:
             ext.append((cr.id_level << 4) & 0xFF)
             ext.append(buf[h.level_off])
@@ -1121,6 +1257,11 @@ class Engine:
         if cr.is_vp8:
             cls._vp8(cr, out, start, h.payload_len, track)
         return bytes(out)
+
+    @staticmethod
+    def _padding(cr: _Consumer, seq: int, ts: int) -> bytes:
+        """A padding-only packet (RFC 3550 §5.1) in the consumer's numbering."""
+        return _HEADER.pack(0xA0, cr.pt & 0x7F, seq, ts, cr.ssrc) + b"\x00\x00\x00\x04"
 
     # --- egress -------------------------------------------------------------------------
 
@@ -1147,9 +1288,10 @@ class Engine:
     # --- pacing -------------------------------------------------------------------------
 
     def _refill(self, tr: _Transport, now: float) -> None:
-        tr.tokens += (now - tr.tokens_at) * self.pacer_rate_bytes_s
-        if tr.tokens > self.pacer_burst_bytes:
-            tr.tokens = self.pacer_burst_bytes
+        if tr.pace_rate > 0:
+            tr.tokens = min(tr.tokens + (now - tr.tokens_at) * tr.pace_rate, tr.pace_burst)
+        else:
+            tr.tokens = min(tr.tokens + (now - tr.tokens_at) * self.pacer_rate_bytes_s, self.pacer_burst_bytes)
         tr.tokens_at = now
 
     def _enqueue(self, cr: _Consumer, seq: int) -> None:
@@ -1180,6 +1322,40 @@ class Engine:
                 continue
             self._forward(c, cr.producer, packet, h, False, now, True)
 
+    def _probe(self, c: int, now: float) -> None:
+        """Spend the consumer's probe budget on RTX copies of the packets it got last."""
+        cr = self._consumers[c]
+        tr = self._transports[cr.transport]
+        cr.probe_tokens += (now - cr.probe_at) * cr.probe_rate
+        cr.probe_at = now
+        cr.probe_tokens = min(cr.probe_tokens, max(cr.probe_rate * PROBE_BURST_S, 1500.0))
+        if not cr.started or cr.producer < 0 or cr.queue or not tr.has_addr or not tr.ready:
+            return  # nothing sent yet to copy, or the pacer is behind already
+        skipped = 0
+        if self.pacer_enabled:
+            self._refill(tr, now)
+        while cr.probe_tokens > 0 and (not self.pacer_enabled or tr.tokens > 0):
+            seq = (cr.last_seq - cr.probe_k) & 0xFFFF
+            if cr.switched and ((seq - cr.switch_seq) & 0xFFFF) >= 0x8000:
+                # Only copies of the current layer: its offsets would misnumber older ones.
+                cr.probe_k = 0
+                seq = cr.last_seq
+            cr.probe_k = (cr.probe_k + 1) % PROBE_SPAN
+            if cr.pad is not None and cr.pad[seq % RING][0] == seq:
+                # Went out as padding: a copy of the frame the viewer never got would break it.
+                skipped += 1
+                if skipped > PROBE_SPAN:
+                    return
+                continue
+            n = self._resend(c, cr.producer, seq, now, True)
+            if n <= 0:
+                cr.probe_k = 0
+                return
+            cr.probe_tokens -= n
+            cr.probe_bytes += n
+            self.probe_packets += 1
+            self.probe_bytes += n
+
     def tick(self) -> float:
         """Timer work: paced packets and coalesced keyframe requests. Returns the delay
         (seconds) after which it wants to run again."""
@@ -1195,6 +1371,11 @@ class Engine:
                     self._send_pli(i, now)
                 else:
                     wait = min(wait, pr.last_pli + self.keyframe_min_interval_s - now)
+        if self._probing_consumers:
+            for i, cr in enumerate(self._consumers):
+                if cr is not None and cr.probe_rate > 0:
+                    self._probe(i, now)
+            wait = min(wait, 0.01)
         if self._paced_consumers:
             wait = min(wait, 0.005)
         return max(wait, 0.001)
@@ -1255,7 +1436,12 @@ class Engine:
                 elif fmt == 15 and length >= 20 and buf[pos + 12:pos + 16] == b"REMB":
                     # bitrate = mantissa (18 bits) << exponent (6 bits)
                     mantissa = ((buf[pos + 17] & 0x03) << 16) | (buf[pos + 18] << 8) | buf[pos + 19]
+                    previous = tr.remb_bps
                     tr.remb_bps = min(mantissa << (buf[pos + 17] >> 2), 0xFFFFFFFF)
+                    if tr.remb_bps * 5 < previous * 4 and not tr.remb_fell:
+                        # Congestion: worth a layer decision now rather than at the next tick.
+                        tr.remb_fell = True
+                        self.remb_falls += 1
             pos = end
         if pos != n:
             self._drops[D_RTCP_MALFORMED] += 1
@@ -1295,10 +1481,24 @@ class Engine:
         cr = self._consumers[c]
         if cr.producer < 0 or not cr.started or not cr.nack:
             return
+        if cr.pad is not None and cr.pad[seq % RING][0] == seq:
+            # It went out as padding (a dropped temporal layer): the same padding again.
+            out = self._padding(cr, seq, cr.pad[seq % RING][1])
+            cr.nacks_served += 1
+            self.nacks_served += 1
+            self._emit(cr.transport, out, False)
+            return
         p = cr.producer
         saved = (cr.seq_offset, cr.ts_offset, cr.pic_offset, cr.tl0_offset)
         if cr.switched and ((seq - cr.switch_seq) & 0xFFFF) >= 0x8000:
             # Sent before the last layer switch: the previous layer's history, numbering.
+            if self.pacer_enabled:
+                self._refill(self._transports[cr.transport], now)
+                if self._transports[cr.transport].tokens <= 0:
+                    # ... unless the viewer's link is spent: after a down-switch those are
+                    # what congested it, and the new layer's keyframe needs the room.
+                    self._drops[D_NACK_OVER_BUDGET] += 1
+                    return
             p = cr.prev_producer
             if p < 0 or ((seq - cr.prev_start_seq) & 0xFFFF) >= 0x8000:  # older still: gone
                 self._drops[D_NACK_NOT_IN_BUFFER] += 1
@@ -1306,23 +1506,25 @@ class Engine:
             cr.seq_offset, cr.ts_offset, cr.pic_offset, cr.tl0_offset = (
                 cr.prev_seq_offset, cr.prev_ts_offset, cr.prev_pic_offset, cr.prev_tl0_offset)
         try:
-            self._resend(c, p, seq)
+            self._resend(c, p, seq, now, False)
         finally:
             cr.seq_offset, cr.ts_offset, cr.pic_offset, cr.tl0_offset = saved
 
-    def _resend(self, c: int, p: int, seq: int) -> None:
+    def _resend(self, c: int, p: int, seq: int, now: float, probe: bool) -> int:
+        """Our packet ``seq`` again, from producer p's history; returns the bytes sent (0: gone)."""
         cr = self._consumers[c]
         pr = self._producers[p]
         src = (seq - cr.seq_offset) & 0xFFFF
         if pr.ring is None:
-            return
+            return 0
         pt = self._transports[pr.transport]
         packet = pr.ring.get(src)
         h = D_NACK_NOT_IN_BUFFER if packet is None else _parse(packet, len(packet), pt.id_mid, pt.id_abs, pt.id_level)
         if h.__class__ is int:
-            self._drops[D_NACK_NOT_IN_BUFFER] += 1
-            return
-        out = self._rewrite(cr, packet, h, seq, False)
+            if not probe:
+                self._drops[D_NACK_NOT_IN_BUFFER] += 1
+            return 0
+        out = self._rewrite(cr, packet, h, seq, False, now)
         if cr.has_rtx:
             off = len(out) - h.payload_len
             rtx = bytearray(out[:off])
@@ -1333,9 +1535,15 @@ class Engine:
             rtx += _U16.pack(seq)
             rtx += out[off:]
             out = bytes(rtx)
-        cr.nacks_served += 1
-        self.nacks_served += 1
+        if not probe:
+            cr.nacks_served += 1
+            self.nacks_served += 1
+        if self.pacer_enabled:
+            # Repairs and probes are not queued, but they spend the viewer's budget:
+            # the media after them waits its turn instead of piling onto a full link.
+            self._transports[cr.transport].tokens -= len(out)
         self._emit(cr.transport, out, False)
+        return len(out)
 
     def _on_keyframe_request(self, t: int, media: int, now: float) -> None:
         c = self._consumer_map.get((t, media), -1)

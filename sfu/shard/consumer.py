@@ -16,11 +16,47 @@ if TYPE_CHECKING:
     from .webrtc_transport import WebRtcTransport
 
 
+PROBE_OVERSHOOT = 1.1
+"""Offer 10 % more than the step needs: an estimate lands near what arrives, and
+arrivals count payload only (no RTP/SRTP/UDP overhead)."""
+
+PROBE_LEAD = 0.9
+"""Once there is an estimate, offer at most estimate / 0.9 (11 % above it). GCC-style
+estimators (libwebrtc's and aiortc's AIMD) grow only additively (a few tens of kbit/s
+per second) near the rate of their last decrease, and return to multiplicative growth
+(8 %/s) only when what arrives clearly exceeds it (by 3 sigma, ~6 % at 1 Mbit/s);
+offering a little more is what unlocks that. A link that cannot take it shows a
+delay rise, the estimate falls, and the probe stops (none on a falling estimate)."""
+
+
+PROBE_DOUBLING_S = 1.0
+"""With no estimate yet, the offer starts at the media rate and doubles every second:
+a link that cannot take it shows loss in the first receiver report, while the offer
+is still small, instead of being flooded at once."""
+
+
+def probe_padding_bps(probe_target_bps: float | None, media_bps: float, estimate_bps: float,
+                      probing_for_s: float) -> float:
+    """Padding to add on top of the media so the viewer's estimate can reach the next step.
+
+    ``probing_for_s``: how long this probe has been going (the ramp, with no estimate).
+    """
+    if probe_target_bps is None:
+        return 0.0
+    offer = probe_target_bps * PROBE_OVERSHOOT
+    if estimate_bps > 0:
+        offer = min(offer, max(media_bps, estimate_bps / PROBE_LEAD))
+    else:
+        offer = min(offer, media_bps * 2 ** (max(0.0, probing_for_s) / PROBE_DOUBLING_S))
+    return max(0.0, offer - media_bps)
+
+
 def rank_layers(producers: list["Producer"]) -> list[Layer]:
     """A track's live layers, low to high, as the policy sees them now."""
     bitrates = {p.rid: p.bitrate_bps for p in producers}
     sizes = {p.rid: p.size for p in producers if p.size is not None}
-    return [replace(layer, active=bitrates[layer.rid] > 0)
+    temporals = {p.rid: p.temporal_layers for p in producers}
+    return [replace(layer, active=bitrates[layer.rid] > 0, temporal_layers=temporals[layer.rid])
             for layer in order_layers([p.rid for p in producers], bitrates, sizes)]
 
 
@@ -55,6 +91,9 @@ class Consumer:
         self.layer_switches = 0
         self._switch_asked_at: float | None = None  # decided, waiting for the layer's keyframe
         self._reports_seen = 0
+        self.probe_bps = 0.0  # padding asked of the engine
+        self._probing_since: float | None = None
+        self.tid_max: int | None = -1  # VP8 temporal cap asked of the engine (-1: all; None: the engine's)
         ids = extension_ids(extensions)
         # Random starting points (RFC 3550 §5.1) that then never jump: the viewer
         # sees one continuous stream whatever happens upstream.
@@ -93,7 +132,8 @@ class Consumer:
             # The engine made the move on the layer's keyframe: that wait is the switch time.
             self.transport.shard.switch_seconds.append(now - self._switch_asked_at)
             self._switch_asked_at = None
-        estimate = engine.transport_remb_bps(self.transport.slot)
+        switching = self._switch_asked_at is not None
+        estimate = self.transport.bandwidth.estimate_bps(now) or 0.0
         live = [p for p in self.layers if not p.closed]
         if not live:
             return
@@ -119,16 +159,46 @@ class Consumer:
         cap = next((layer.spatial for layer in ranked if layer.rid == self.max_layer_rid), None)
         self.policy.set_requested_max(spatial=cap)
         target = self.policy.decide(ranked, now)
+        if self.policy.probe_target_bps is None:
+            self._probing_since = None
+        elif self._probing_since is None:
+            self._probing_since = now
+        self._set_probe(probe_padding_bps(self.policy.probe_target_bps, self.layer.bitrate_bps, estimate,
+                                          now - self._probing_since if self._probing_since is not None else 0.0))
         if target is None:
             return
         rid = ranked[target.spatial].rid
         want = next(p for p in live if p.rid == rid)
+        # The temporal cap applies at once (no keyframe needed); top temporal layer = all.
+        # Left alone while a down-switch holds the old layer at its base layer.
+        tid_max = target.temporal if target.temporal < ranked[target.spatial].temporal_layers - 1 else -1
+        if tid_max != self.tid_max and not (switching and self.tid_max is None):
+            self.tid_max = tid_max
+            engine.set_consumer_temporal(self.slot, tid_max)
         if want is not self.layer:
+            current = next((layer for layer in ranked if layer.rid == self.layer.rid), None)
+            if current is not None and current.spatial > target.spatial and current.temporal_layers > 1:
+                # Down: until the lower layer's keyframe arrives, only the current layer's
+                # base temporal layer goes out (no keyframe needed for that), easing the
+                # link at once; the engine lifts the cap at the switch.
+                engine.set_consumer_temporal(self.slot, 0, until_switch=True)
+                self.tid_max = None
             engine.set_consumer_producer(self.slot, want.slot)
+            self.transport.shard.log.info(
+                "layer switch", room=self.transport.room, peer=self.transport.peer_id, consumer=self.id,
+                frm=self.layer.rid, to=want.rid, temporal=target.temporal, estimate_bps=round(estimate),
+                fraction_lost=stats["fraction_lost"], layer_bps=round(want.bitrate_bps))
             self._switch_asked_at = now
             self.layer = want
             self.layer_switches += 1
             self.transport.shard.layer_switches += 1
+
+    def _set_probe(self, bps: float) -> None:
+        # Rounded, so a steady answer is not re-sent to the engine every tick.
+        bps = round(bps, -4)
+        if bps != self.probe_bps:
+            self.probe_bps = bps
+            self.transport.shard.engine.set_consumer_probe(self.slot, bps)
 
     def on_producer_closed(self) -> None:
         """Tell the viewer the stream ended (RTCP BYE) so its track ends cleanly."""

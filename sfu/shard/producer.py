@@ -40,6 +40,7 @@ class Producer:
         self.closed = False
         self.bitrate_bps = 0.0  # measured by the shard's simulcast tick, over BITRATE_WINDOW_S
         self.size: tuple[int, int] | None = None  # from the last VP8 keyframe
+        self.temporal_layers = 1  # VP8 temporal layers seen (highest TID + 1)
         self._samples: deque[tuple[float, int]] = deque()
         self.slot = transport.shard.engine.add_producer(
             transport.slot, video=kind == "video", codec=CODECS.get(codec, fastpath.CODEC_OTHER),
@@ -63,6 +64,7 @@ class Producer:
         stats = self.stats()
         if stats["width"]:
             self.size = (stats["width"], stats["height"])
+        self.temporal_layers = min(stats["temporal_layers"], 4)
         self._samples.append((now, stats["bytes"]))
         while len(self._samples) > 2 and now - self._samples[1][0] >= BITRATE_WINDOW_S:
             self._samples.popleft()

@@ -62,6 +62,7 @@ class Shard:
         self.channel: control.Channel | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._engine_timer: asyncio.TimerHandle | None = None
+        self._remb_falls_seen = 0
         self.log = log.bind(shard=shard_id)
 
     # --- UDP ---------------------------------------------------------------------------
@@ -95,6 +96,28 @@ class Shard:
 
     def _engine_tick(self) -> None:
         self._engine_timer = self.loop.call_later(self.engine.tick(), self._engine_tick)
+        if self.engine.remb_falls != self._remb_falls_seen:
+            self._remb_falls_seen = self.engine.remb_falls
+            self._on_remb_falls()
+
+    def _on_remb_falls(self) -> None:
+        """A viewer's REMB fell sharply: decide its layers now, not at the next tick.
+
+        The tick is 250 ms; a link that just narrowed is dropping packets all that
+        time, and every one of them lengthens the viewer's freeze.
+        """
+        now = self.loop.time()
+        by_slot = {t.slot: t for t in self.transports.values()}
+        for slot in self.engine.take_remb_falls():
+            transport = by_slot.get(slot)
+            if transport is None or not transport.consumers:
+                continue
+            try:
+                transport.update_bandwidth(now)
+                for consumer in list(transport.consumers.values()):
+                    consumer.update_layer(now)
+            except Exception:  # as in the tick: one viewer's bug must not stop the rest
+                self.log.exception("layer update failed", transport=transport.id, room=transport.room)
 
     def _on_slow_path(self, data: bytes, addr: tuple[str, int]) -> None:
         if data[0] < 4:
@@ -151,8 +174,14 @@ class Shard:
             await asyncio.sleep(SIMULCAST_INTERVAL_S)
             now = self.loop.time()
             for producer in self.producers.values():
-                if producer.rid:
+                if producer.kind == "video":
                     producer.measure_bitrate(now)
+            for transport in list(self.transports.values()):
+                if transport.consumers:
+                    try:
+                        transport.update_bandwidth(now)
+                    except Exception:
+                        self.log.exception("bandwidth update failed", transport=transport.id, room=transport.room)
             ranked_by_track: dict[tuple[int, ...], Any] = {}
             for consumer in list(self.consumers.values()):
                 try:
@@ -269,6 +298,7 @@ class Shard:
             "layer_switches": self.layer_switches,
             "switch_seconds": self._drain_switch_times(),
             "consumers_by_layer": self._consumers_by_layer(),
+            "probing_consumers": sum(1 for c in self.consumers.values() if c.probe_bps > 0),
             "drops": dict(drops),
             "jitter_seconds": {p.id: p.stats()["jitter_seconds"] for p in self.producers.values()},
         }

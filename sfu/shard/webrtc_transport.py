@@ -6,6 +6,7 @@ import random
 from typing import TYPE_CHECKING
 
 from ..signalling.sdp import EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_REPAIRED_RID, EXT_RID
+from .bandwidth import ViewerBandwidth
 from .dtls import DtlsCertificate, DtlsEndpoint
 from .srtp import SrtpSession
 
@@ -56,6 +57,9 @@ class WebRtcTransport:
         self.producers: list[Producer] = []
         self.consumers: dict[str, Consumer] = {}
         self._dtls_timer = None
+        self.bandwidth = ViewerBandwidth()
+        self._pacing_bps = 0.0
+        self._reports_seen: dict[int, int] = {}  # consumer slot -> receiver reports taken
         self.slot = shard.engine.add_transport(secure=True, rtcp_ssrc=random.getrandbits(32) or 1)
 
     # --- ICE ---------------------------------------------------------------------------
@@ -115,6 +119,27 @@ class WebRtcTransport:
         if self.producers and self.srtp is not None:
             video = any(p.kind == "video" for p in self.producers)
             self.shard.engine.send_receiver_reports(self.slot, REMB_BITRATE_BPS if video else 0)
+
+    def update_bandwidth(self, now: float) -> None:
+        """Feed the viewer's estimate what the engine saw, and pace the viewer by it."""
+        engine = self.shard.engine
+        self.bandwidth.on_sent(engine.transport_sent_bytes(self.slot), now)
+        self.bandwidth.on_remb(engine.transport_remb_bps(self.slot))
+        for consumer in self.consumers.values():
+            if consumer.producer.kind != "video":
+                continue
+            stats = engine.consumer_stats(consumer.slot)
+            if stats["reports"] != self._reports_seen.get(consumer.slot):
+                self._reports_seen[consumer.slot] = stats["reports"]
+                self.bandwidth.on_loss_report(stats["fraction_lost"], now)
+        # Only a viewer with a simulcast track has a smaller layer to move to; pacing a
+        # single-layer viewer below what its publisher sends would only add delay.
+        simulcast = any(c.simulcast for c in self.consumers.values())
+        pacing = self.bandwidth.pacing_bps(now) if simulcast else 0.0
+        # Re-set only on a 10 % change: the estimate wobbles every report.
+        if (pacing == 0) != (self._pacing_bps == 0) or abs(pacing - self._pacing_bps) > 0.1 * self._pacing_bps:
+            self._pacing_bps = pacing
+            engine.set_transport_pacing(self.slot, pacing)
 
     # --- lifecycle ---------------------------------------------------------------------
 

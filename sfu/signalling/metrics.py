@@ -71,6 +71,11 @@ class ShardCollector(Collector):
             keyframes.add_metric([str(s["shard"]), "sent"], s.get("keyframe_requests_sent", 0))
             keyframes.add_metric([str(s["shard"]), "coalesced"], s.get("keyframe_requests_coalesced", 0))
         yield keyframes
+        yield family(CounterMetricFamily, "sfu_bandwidth_probe_sent_bytes",
+                     "Padding (RTX copies) sent so viewers' bandwidth estimates can reach a higher layer",
+                     "probe_bytes")
+        yield family(GaugeMetricFamily, "sfu_bandwidth_probing_consumers",
+                     "Simulcast consumers being probed toward a higher layer", "probing_consumers")
         yield family(CounterMetricFamily, "sfu_keyframe_history_starts",
                      "Viewers started from the history's last keyframe, with no PLI", "keyframe_history_starts")
         drops = CounterMetricFamily("sfu_packets_dropped", "Datagrams dropped, by reason",

@@ -32,7 +32,17 @@ The rules, in the order ``decide`` applies them:
    at or above the next step's cost times ``headroom`` for the up hold, loss is
    at most :data:`LOSS_LOW_FRACTION`, and the latest estimate is not lower than
    the one before. The band between ``cost`` (stay) and ``cost * headroom``
-   (go up) is the hysteresis that keeps a noisy estimate from flapping.
+   (go up) is the hysteresis that keeps a noisy estimate from flapping. The one
+   exception is the **first estimate**: it may lift the viewer straight to the
+   highest step it would let a viewer stay on (rule 4's ``STAY_FACTOR``), since the start was a guess made blind and the first
+   estimate sums up seconds of measured arrivals, offered the next step's rate by
+   the start probe (rule 7).
+7. **Probe.** Estimators cannot see capacity they are not offered, so while a
+   higher step is allowed the policy names a rate to probe toward
+   (:attr:`LayerPolicy.probe_target_bps`, the next step's cost times
+   ``headroom``): from the first decision until the first estimate (at most
+   :data:`START_PROBE_S`), and afterwards whenever the current step is carried,
+   loss is low and the estimate is not falling.
 6. **Backoff.** A down-switch within :data:`FLAP_WINDOW_S` of an up-switch marks
    that up-switch as failed and multiplies the up hold by
    :data:`UP_HOLD_BACKOFF_FACTOR` (at most :data:`MAX_UP_HOLD_BACKOFFS` times);
@@ -113,6 +123,13 @@ measure a layer's total bitrate, so this is how we price its lower frame rates."
 
 MAX_TEMPORAL_LAYERS = 4  # VP8's TID is two bits
 
+START_PROBE_S = 4.0
+"""How long a new viewer is probed toward the next step while no estimate has come.
+
+aiortc sends its first REMB after 3 s of arrivals (and earlier only on overuse);
+Chrome's comes sooner. A receiver that never sends one (no REMB, no transport-cc)
+is not padded for ever."""
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -187,6 +204,8 @@ class LayerPolicy:
         self._last_up_at: float | None = None  # the latest climb not yet judged
         self._up_hold_backoffs = 0
         self._probe_bps: float | None = None
+        self._first_decide_at: float | None = None
+        self._fresh_estimate = False  # the first estimate, not yet acted on
 
     # -- inputs ------------------------------------------------------------------
 
@@ -221,6 +240,8 @@ class LayerPolicy:
         if not (math.isfinite(bps) and bps >= 0):
             raise ValueError(f"bandwidth estimate must be finite and >= 0, got {bps}")
         self._estimate_falling = self._estimate_bps is not None and bps < self._estimate_bps
+        if self._estimate_bps is None:
+            self._fresh_estimate = True
         self._estimate_bps = bps
         # Keep the up timer exact between decides: any dip below the pending step's
         # need restarts the hold.
@@ -279,6 +300,8 @@ class LayerPolicy:
         spatials = [layer.spatial for layer in layers]
         if len(set(spatials)) != len(spatials):
             raise ValueError(f"layers repeat a spatial index: {sorted(spatials)}")
+        if self._first_decide_at is None:
+            self._first_decide_at = now
         active = sorted((layer for layer in layers if layer.active), key=lambda layer: layer.spatial)
         if not active:
             self._target = None
@@ -304,6 +327,7 @@ class LayerPolicy:
             self._loss_high_since = self._loss_high_last = None
         went_down = new_pos < pos
         if went_down:
+            self._fresh_estimate = False
             if self._last_up_at is not None and now - self._last_up_at < FLAP_WINDOW_S:
                 self._up_hold_backoffs = min(self._up_hold_backoffs + 1, MAX_UP_HOLD_BACKOFFS)
             self._last_up_at = None
@@ -312,21 +336,30 @@ class LayerPolicy:
             self._up_hold_backoffs = 0  # the last climb held
             self._last_up_at = None
 
-        # Up: one step, after the hold.
-        if not (forced or went_down) and self._ready_to_climb(steps, pos, now):
+        # Up: as far as the first estimate reaches, else one step after the hold.
+        if not went_down and self._fresh_estimate and estimate is not None:
+            self._fresh_estimate = False
+            # No headroom here: the estimate measured what arrived while the start probe
+            # offered more than the step. Any step this estimate would let a viewer stay
+            # on (STAY_FACTOR) is one it may start on.
+            reached = [i for i in range(pos + 1, len(steps)) if steps[i].cost_bps * STAY_FACTOR <= estimate]
+            if reached and self._loss_allows_up():
+                pos = reached[-1]
+                self._last_up_at = now
+                self._up_step = None
+        elif not (forced or went_down) and self._ready_to_climb(steps, pos, now):
             pos += 1
             self._last_up_at = now
             self._up_step = None  # the hold for the next step starts now
 
         nxt = steps[pos + 1] if pos + 1 < len(steps) else None
         self._arm_up(nxt, now)
+        blind_start = estimate is None and now - self._first_decide_at < START_PROBE_S
+        carried = estimate is not None and estimate >= steps[pos].cost_bps and not (
+            went_down or self._estimate_falling)
         self._probe_bps = (
             nxt.cost_bps * self._headroom
-            if nxt is not None
-            and estimate is not None
-            and estimate >= steps[pos].cost_bps
-            and self._loss_allows_up()
-            and not (went_down or self._estimate_falling)
+            if nxt is not None and self._loss_allows_up() and (blind_start or carried)
             else None
         )
         self._target = steps[pos].target

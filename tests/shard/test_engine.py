@@ -276,6 +276,42 @@ def plis(datagrams: list[bytes]) -> list[tuple[int, int]]:
     return found
 
 
+ABS_NOW = "abs-send-time stamped at sending"
+
+
+def stamped(elements: list[tuple[int, Any]], abs_id: int = 5) -> list[tuple[int, Any]]:
+    """The header extensions, with an abs-send-time of the last second shown as ABS_NOW.
+
+    The engine stamps abs-send-time (6.18 fixed-point seconds of the monotonic clock,
+    mod 64 s) when it sends, not when the publisher did.
+    """
+    now = int(time.monotonic() * 262144) & 0xFFFFFF
+    return [(i, ABS_NOW if i == abs_id and len(v) == 3 and (now - int.from_bytes(v, "big")) & 0xFFFFFF < 262144
+             else v) for i, v in elements]
+
+
+def unstamped(datagram: bytes, abs_id: int = 5) -> bytes:
+    """A plain RTP datagram with its abs-send-time zeroed (RTCP and others unchanged):
+    the time of sending is the one byte-for-byte difference between two sends."""
+    if len(datagram) < 12 or 192 <= datagram[1] <= 223 or not datagram[0] & 0x10:
+        return datagram
+    out = bytearray(datagram)
+    pos = 12 + 4 * (out[0] & 0x0F)
+    if pos + 4 > len(out) or out[pos:pos + 2] != b"\xbe\xde":
+        return datagram
+    end = min(len(out), pos + 4 + 4 * struct.unpack_from("!H", out, pos + 2)[0])
+    pos += 4
+    while pos < end:
+        if out[pos] == 0:
+            pos += 1
+            continue
+        ident, length = out[pos] >> 4, (out[pos] & 0x0F) + 1
+        if ident == abs_id and length == 3:
+            out[pos + 1:pos + 4] = bytes(3)
+        pos += 1 + length
+    return bytes(out)
+
+
 def drops(engine: Any) -> dict[str, int]:
     return engine.drop_counts()
 
@@ -313,8 +349,8 @@ def test_each_consumer_gets_its_own_rewrite(make_rig: Callable[..., Rig]) -> Non
             if "mid" in spec.ids:
                 expected.append((spec.ids["mid"], spec.video_mid))
             if "abs_send_time" in spec.ids:
-                expected.append((spec.ids["abs_send_time"], b"\x0a\x0b\x0c"))
-            assert packet["elements"] == expected  # transport-cc dropped, ids the viewer's
+                expected.append((spec.ids["abs_send_time"], ABS_NOW))
+            assert stamped(packet["elements"]) == expected  # transport-cc dropped, ids the viewer's
             assert packet["profile"] == (0xBEDE if expected else None)
     stats = [rig.engine.consumer_stats(c) for c in room.video_consumers]
     assert all(s["packets_sent"] == 2 and s["started"] for s in stats)
@@ -333,16 +369,20 @@ def test_audio_level_and_abs_send_time_carried(make_rig: Callable[..., Rig]) -> 
                                                       ABS_ID: b"\x01\x02\x03", 7: b"unknown"}))
     got = read_rtp(rig.take(rig.viewers[0])[0])
     assert got["pt"] == VIEWERS[0].audio_pt and got["ssrc"] == audio_ssrc(0)
-    assert got["elements"] == [(9, b"a0"), (5, b"\x01\x02\x03"), (6, b"\x85")]
+    # abs-send-time is ours (the time we sent it), so a viewer's estimate measures our path.
+    assert stamped(got["elements"]) == [(9, b"a0"), (5, ABS_NOW), (6, b"\x85")]
     assert read_rtp(rig.take(rig.viewers[1])[0])["elements"] == [(3, b"1")]
     assert read_rtp(rig.take(rig.viewers[2])[0])["profile"] is None
+    # A publisher that sends none (transport-cc only, say): the viewer that asked still gets one.
+    rig.feed(room.audio_packet(8, ts=1920, extensions={MID_ID: b"1"}))
+    assert stamped(read_rtp(rig.take(rig.viewers[0])[0])["elements"]) == [(9, b"a0"), (5, ABS_NOW)]
 
 
 def test_two_byte_extensions_from_the_publisher_are_read(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig(viewers=1)
     room = make_room(rig)
     rig.feed(room.audio_packet(7, extensions=[(LEVEL_ID, b"\x99"), (200, b"long" * 10)], two_byte=True))
-    assert read_rtp(rig.take(rig.viewers[0])[0])["elements"] == [(9, b"a0"), (6, b"\x99")]
+    assert stamped(read_rtp(rig.take(rig.viewers[0])[0])["elements"]) == [(9, b"a0"), (5, ABS_NOW), (6, b"\x99")]
 
 
 def test_audio_starts_at_once_and_asks_for_nothing(make_rig: Callable[..., Rig]) -> None:
@@ -503,8 +543,10 @@ def test_nack_answered_as_rtx_with_its_own_sequence(make_rig: Callable[..., Rig]
     rig.feed(make_rtcp_nack(0xA000, video_ssrc(0), nack_items(wanted)), rig.viewers[0])
     got = rig.take(rig.viewers[0])
     rtx_seqs = [(VIEWERS[0].first_rtx_seq + i) & 0xFFFF for i in range(3)]  # 65535, 0, 1
-    assert got == [make_rtx(forwarded[i], seq=s, ssrc=rtx_ssrc(0), pt=VIEWERS[0].rtx_pt)
-                   for i, s in zip((1, 3, 4), rtx_seqs)]
+    assert [unstamped(d) for d in got] == [unstamped(make_rtx(forwarded[i], seq=s, ssrc=rtx_ssrc(0),
+                                                              pt=VIEWERS[0].rtx_pt))
+                                           for i, s in zip((1, 3, 4), rtx_seqs)]
+    assert all(stamped(read_rtp(d)["elements"])[1] == (5, ABS_NOW) for d in got)
     assert [read_rtp(d)["payload"][:2] for d in got] == [struct.pack("!H", s) for s in wanted]
     assert rig.engine.consumer_stats(room.video_consumers[0])["nacks_served"] == 3
     totals = rig.engine.totals()
@@ -765,6 +807,40 @@ def test_pacer_spreads_a_keyframe_burst_in_order(make_rig: Callable[..., Rig]) -
     seqs = [p["seq"] for p in first[:3]] + [read_rtp(d)["seq"] for d in later]
     assert seqs == [(VIEWERS[0].first_seq + i) & 0xFFFF for i in range(11)]
     assert e.consumer_stats(room.video_consumers[0])["packets_sent"] == 11
+    assert drops(e) == {}
+
+
+def test_a_transport_paced_at_its_own_rate(make_rig: Callable[..., Rig]) -> None:
+    # The engine's own rate is unlimited; viewer 0's link is set to 400 kbit/s (50 kB/s,
+    # bursts of 2,400 bytes), as the shard does from that viewer's bandwidth estimate.
+    rig = make_rig(pacer_enabled=True, pacer_rate_bps=1e15, pacer_burst_bytes=100_000)
+    room = make_room(rig)
+    e = rig.engine
+    e.set_transport_pacing(room.viewers[0], 400_000)
+    frame = bytes(1000)
+    for i in range(12):
+        rig.feed(room.video_packet(300 + i, keyframe=i == 0, payload=make_vp8_payload(i == 0, frame=frame)))
+    # Viewer 0 gets its burst (two ~1,040-byte packets and the one that overdraws it), the rest
+    # queue; the others, at the engine's rate, get all twelve at once.
+    received = rig.take(rig.viewers[0])
+    assert len(received) == 3
+    assert [len(rig.take(s)) for s in rig.viewers[1:]] == [12, 12]
+    assert e.consumer_stats(room.video_consumers[0])["paced"] == 9
+    start = time.monotonic()
+    while len(received) < 12 and time.monotonic() - start < 2:
+        e.tick()
+        received += rig.take(rig.viewers[0])
+        time.sleep(0.01)
+    elapsed = time.monotonic() - start
+    assert [read_rtp(d)["seq"] for d in received] == [(VIEWERS[0].first_seq + i) & 0xFFFF for i in range(12)]
+    assert elapsed >= 0.1  # 9 x ~1,040 bytes at 50 kB/s: ~0.19 s, spread rather than at once
+    # Back to the engine's rate: nothing waits.
+    e.set_transport_pacing(room.viewers[0], 0)
+    e.tick()
+    rig.feed(room.video_packet(312))
+    received += rig.take(rig.viewers[0])
+    assert len(received) == 13
+    assert e.transport_sent_bytes(room.viewers[0]) == sum(map(len, received))  # plain RTP: as sent
     assert drops(e) == {}
 
 
@@ -1088,6 +1164,36 @@ def _pacer_case(reason: str) -> Callable[[Rig, Room], None]:
     return run
 
 
+def _pacer_superseded(rig: Rig, room: Room) -> None:
+    # A consumer moving to another layer while two packets of the old one wait in its pacer.
+    e = rig.engine
+    e.pacer_enabled, e.pacer_rate_bytes_s, e.pacer_burst_bytes = True, 0.0, 1.0
+    other = e.add_producer(room.publisher, video=True, codec=VP8, payload_type=Room.VIDEO_PT, clock_rate=90000,
+                           ssrc=0x7777, mid=b"0")
+    c = room.video_consumers[0]
+    for v in (1, 2):
+        e.remove_consumer(room.video_consumers[v])
+    for i in range(3):
+        rig.feed(room.video_packet(i, keyframe=i == 0))
+    e.set_consumer_producer(c, other)
+    rig.feed(make_rtp(seq=9, ssrc=0x7777, pt=Room.VIDEO_PT, payload=make_vp8_payload(True)))
+
+
+def _nack_over_budget(rig: Rig, room: Room) -> None:
+    # A NACK for a packet of the layer before a switch, with the viewer's tokens spent.
+    e = rig.engine
+    e.pacer_enabled, e.pacer_rate_bytes_s, e.pacer_burst_bytes = True, 0.0, 1.0
+    other = e.add_producer(room.publisher, video=True, codec=VP8, payload_type=Room.VIDEO_PT, clock_rate=90000,
+                           ssrc=0x7777, mid=b"0")
+    c = room.video_consumers[0]
+    for v in (1, 2):
+        e.remove_consumer(room.video_consumers[v])
+    rig.feed(room.video_packet(0, keyframe=True))
+    e.set_consumer_producer(c, other)
+    rig.feed(make_rtp(seq=9, ssrc=0x7777, pt=Room.VIDEO_PT, payload=make_vp8_payload(True)))
+    rig.feed(make_rtcp_nack(1, video_ssrc(0), [(VIEWERS[0].first_seq, 0)]), rig.viewers[0])
+
+
 DROP_CASES = [
     DropCase("unknown_address", 1, lambda rig, room: rig.feed(room.audio_packet(1), rig.stranger)),
     DropCase("srtp_not_ready", 2, lambda rig, room: [
@@ -1129,6 +1235,8 @@ DROP_CASES = [
     DropCase("send_failed", 1, _send_fails),
     DropCase("pacer_queue_full", 3, _pacer_case("pacer_queue_full")),
     DropCase("pacer_expired", 3, _pacer_case("pacer_expired")),
+    DropCase("nack_over_budget", 1, _nack_over_budget),
+    DropCase("pacer_superseded", 2, _pacer_superseded),
     DropCase("unknown_protocol", 1, lambda rig, room: rig.feed(b"\x40hello")),
     DropCase("empty_datagram", 1, lambda rig, room: rig.feed(b"")),
 ]
@@ -1280,6 +1388,7 @@ class DWorld:
         e = self.rig.engine
         received = [self.rig.take(s) for s in self.rig.sockets()]
         received[0] = [_mask_report_timing(d) for d in received[0]]
+        received[1] = [unstamped(d) for d in received[1]]  # viewer 0 asked for abs-send-time (id 5)
         producers = []
         for p in self.producers:
             stats = e.producer_stats(p)
@@ -1662,3 +1771,255 @@ def test_history_start_goes_through_the_pacer(make_rig: Callable[..., Rig]) -> N
         time.sleep(e.tick())
         total += len(rig.take(rig.viewers[0]))
     assert total == 6
+
+
+# =====================================================================================
+# Bandwidth probes: RTX copies of recent packets, so a viewer's estimate can grow
+# =====================================================================================
+
+
+def _tick_for(engine: Any, seconds: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        engine.tick()
+        time.sleep(0.005)
+    return time.monotonic() - start
+
+
+def test_probe_pads_with_rtx_copies_of_the_newest_packets(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    room = make_room(rig)
+    e = rig.engine
+    forwarded = {read_rtp(d)["seq"]: read_rtp(d) for d in _forward_some(rig, room, count=12)[0]}
+    c = room.video_consumers[0]
+    rate_bps = 2_000_000
+    e.set_consumer_probe(c, rate_bps)
+    elapsed = _tick_for(e, 0.3)
+    got = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    newest = [(VIEWERS[0].first_seq + 11 - k) & 0xFFFF for k in range(8)]
+    assert got, "no probe packets"
+    for i, packet in enumerate(got):
+        assert (packet["ssrc"], packet["pt"]) == (rtx_ssrc(0), VIEWERS[0].rtx_pt)
+        assert packet["seq"] == (VIEWERS[0].first_rtx_seq + i) & 0xFFFF
+        osn = struct.unpack("!H", packet["payload"][:2])[0]
+        assert osn in newest  # one of the 8 packets it got last, numbered as it got them
+        assert packet["payload"][2:] == forwarded[osn]["payload"]
+        assert packet["ts"] == forwarded[osn]["ts"]
+        assert stamped(packet["elements"])[1] == (5, ABS_NOW)
+    probe_bytes = e.consumer_stats(c)["probe_bytes"]
+    assert e.totals()["probe_bytes"] == probe_bytes and e.totals()["probe_packets"] == len(got)
+    # The rate asked for, give or take scheduling: tokens accrue with time, one 20 ms burst at most.
+    budget = rate_bps / 8 * elapsed
+    assert 0.2 * budget <= probe_bytes <= budget + max(rate_bps / 8 * 0.02, 1500) + 1500
+    # Probes are not NACK answers, and the others (no RTX; no probe asked) got nothing.
+    assert e.consumer_stats(c)["nacks_served"] == 0 and e.totals()["nacks_served"] == 0
+    assert rig.take(rig.viewers[1]) == [] and rig.take(rig.viewers[2]) == []
+    assert drops(e) == {}
+    # 0 stops it.
+    e.set_consumer_probe(c, 0)
+    _tick_for(e, 0.05)
+    assert rig.take(rig.viewers[0]) == []
+
+
+def test_probe_needs_rtx_and_video(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    room = make_room(rig)
+    e = rig.engine
+    _forward_some(rig, room)
+    rig.feed(room.audio_packet(1))
+    for v in range(3):
+        rig.take(rig.viewers[v])
+    e.set_consumer_probe(room.video_consumers[1], 2_000_000)  # negotiated no RTX
+    e.set_consumer_probe(room.audio_consumers[0], 2_000_000)  # audio
+    _tick_for(e, 0.1)
+    assert [rig.take(s) for s in rig.viewers] == [[], [], []]
+    assert e.totals()["probe_packets"] == 0
+    # Removing a consumer that probes leaves the engine consistent.
+    e.set_consumer_probe(room.video_consumers[0], 2_000_000)
+    e.remove_consumer(room.video_consumers[0])
+    _tick_for(e, 0.05)
+    assert rig.take(rig.viewers[0]) == []
+
+
+def test_probe_waits_for_a_started_consumer(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1)
+    room = make_room(rig)
+    e = rig.engine
+    c = room.video_consumers[0]
+    e.set_consumer_probe(c, 2_000_000)
+    _tick_for(e, 0.05)
+    assert rig.take(rig.viewers[0]) == []  # nothing sent yet: nothing to copy
+    rig.feed(room.video_packet(7, keyframe=True))
+    first = read_rtp(rig.take(rig.viewers[0])[0])
+    _tick_for(e, 0.05)
+    probes = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    assert probes and all(struct.unpack("!H", p["payload"][:2])[0] == first["seq"] for p in probes)
+
+
+def test_probe_after_a_layer_switch_copies_only_the_new_layer(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1)
+    e = rig.engine
+    _, layers = _two_layers(rig)
+    c = e.add_consumer(rig.transport(rig.viewers[0]), layers[b"l"], payload_type=100, ssrc=0x1111,
+                       rtx_payload_type=101, rtx_ssrc=0x2222, first_seq=1000, first_ts=5000)
+    for i in range(6):
+        rig.feed(_vp8(10 + i, 90000 + 3000 * i, 0xA1, i == 0, 300 + i, 7, b"l%d" % i))
+    e.set_consumer_producer(c, layers[b"h"])
+    rig.feed(_vp8(500, 70000, 0xA2, True, 9000, 200, b"h-key"))  # our 1006
+    rig.feed(_vp8(501, 73000, 0xA2, False, 9001, 200, b"h-next"))  # our 1007
+    assert e.consumer_producer(c) == layers[b"h"]
+    sent = {p["seq"]: p for p in map(read_rtp, rig.take(rig.viewers[0]))}
+    assert sorted(sent) == list(range(1000, 1008))
+    e.set_consumer_probe(c, 4_000_000)
+    _tick_for(e, 0.1)
+    probes = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    assert len(probes) > 2
+    for p in probes:
+        osn = struct.unpack("!H", p["payload"][:2])[0]
+        assert osn in (1006, 1007)
+        assert p["payload"][2:] == sent[osn]["payload"]  # the same bytes, picture id included
+    assert drops(e) == {}
+
+
+# =====================================================================================
+# VP8 temporal layers: dropped by TID, the stream kept gap-free with padding
+# =====================================================================================
+
+PADDING_ONLY = b"\x00\x00\x00\x04"  # read_rtp keeps the padding: 3 zero bytes and the count
+# A 3-layer VP8 pattern (L1T3): TIDs 0, 2, 1, 2, 0, 2, 1, 2, ...; two packets per frame.
+TIDS = (0, 2, 1, 2)
+
+
+def _temporal_stream(first: int, frames: int, tl0: int = 5) -> list[bytes]:
+    packets = []
+    for f in range(first, first + frames):
+        tid = TIDS[f % 4]
+        for part in range(2):
+            packets.append(make_rtp(
+                seq=1000 + 2 * f + part, ts=3000 * f, ssrc=Room.VIDEO_SSRC, pt=Room.VIDEO_PT, marker=part == 1,
+                extensions={MID_ID: b"0"},
+                payload=make_vp8_payload(f == 0, start=part == 0, picture_id=100 + f, picture_id_bits=15,
+                                         tl0picidx=(tl0 + (f + 3) // 4) & 0xFF, tid=tid,
+                                         frame=bytes([f, part]) * 6)))
+    return packets
+
+
+def test_temporal_layers_above_the_cap_go_out_as_padding(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1)
+    room = make_room(rig)
+    e = rig.engine
+    c = room.video_consumers[0]
+    e.set_consumer_temporal(c, 0)  # the base layer only: a quarter of the frame rate
+    stream = _temporal_stream(0, 8)
+    for packet in stream:
+        rig.feed(packet)
+    assert e.producer_stats(room.video)["temporal_layers"] == 3
+    got = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    first = VIEWERS[0].first_seq
+    assert [p["seq"] for p in got] == [(first + i) & 0xFFFF for i in range(16)]  # no gap
+    for i, p in enumerate(got):
+        frame = i // 2
+        if TIDS[frame % 4] == 0:
+            assert p["payload"] == read_rtp(stream[i])["payload"]  # the base layer, as it was
+            assert p["ts"] == (VIEWERS[0].first_ts + 3000 * frame) & 0xFFFFFFFF
+        else:
+            # Padding only, with the timestamp of the last frame kept (frame 0 or 4).
+            assert p["padding"] and p["payload"] == PADDING_ONLY and not p["marker"]
+            kept = frame - frame % 4
+            assert p["ts"] == (VIEWERS[0].first_ts + 3000 * kept) & 0xFFFFFFFF
+            assert (p["ssrc"], p["pt"]) == (video_ssrc(0), VIEWERS[0].video_pt)
+    assert e.consumer_stats(c)["tid_dropped"] == 12
+    # Up to TID 1 (half the frame rate), then everything: at once, no keyframe needed.
+    e.set_consumer_temporal(c, 1)
+    for packet in _temporal_stream(8, 4):
+        rig.feed(packet)
+    got = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    assert [p["padding"] for p in got] == [False, False, True, True, False, False, True, True]
+    e.set_consumer_temporal(c, -1)
+    for packet in _temporal_stream(12, 4):
+        rig.feed(packet)
+    got = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    assert not any(p["padding"] for p in got) and len(got) == 8
+    assert got[0]["seq"] == (first + 24) & 0xFFFF
+    assert drops(e) == {}
+
+
+def test_nack_for_a_padding_packet_gets_the_padding_again(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1)
+    room = make_room(rig)
+    e = rig.engine
+    c = room.video_consumers[0]
+    e.set_consumer_temporal(c, 0)
+    for packet in _temporal_stream(0, 4):
+        rig.feed(packet)
+    sent = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    first = VIEWERS[0].first_seq
+    # Our seq first+2 was padding (frame 1, TID 2); first+1 was the base layer's second packet.
+    rig.feed(make_rtcp_nack(0xA000, video_ssrc(0), nack_items([(first + 2) & 0xFFFF, (first + 1) & 0xFFFF])),
+             rig.viewers[0])
+    again = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    assert again[0]["seq"] == sent[2]["seq"] and again[0]["padding"] and again[0]["payload"] == PADDING_ONLY
+    assert again[0]["ts"] == sent[2]["ts"] == sent[0]["ts"]
+    assert again[1]["ssrc"] == rtx_ssrc(0)  # the kept packet, as RTX
+    assert again[1]["payload"] == struct.pack("!H", (first + 1) & 0xFFFF) + sent[1]["payload"]
+    assert e.consumer_stats(c)["nacks_served"] == 2 and drops(e) == {}
+
+
+def test_probes_never_copy_a_dropped_temporal_layer(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1)
+    room = make_room(rig)
+    e = rig.engine
+    c = room.video_consumers[0]
+    e.set_consumer_temporal(c, 0)
+    for packet in _temporal_stream(0, 7):  # ends on frames 5 and 6 (TIDs 2, 1): padding
+        rig.feed(packet)
+    rig.take(rig.viewers[0])
+    e.set_consumer_probe(c, 2_000_000)
+    _tick_for(e, 0.1)
+    probes = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    assert probes
+    first = VIEWERS[0].first_seq
+    kept = {(first + i) & 0xFFFF for i in (8, 9)}  # frame 4, the newest base-layer frame within reach
+    assert {struct.unpack("!H", p["payload"][:2])[0] for p in probes} <= kept
+    assert drops(e) == {}
+
+
+def test_temporal_cap_until_switch_is_lifted_at_the_switch(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1)
+    room = make_room(rig)
+    e = rig.engine
+    c = room.video_consumers[0]
+    lower = e.add_producer(room.publisher, video=True, codec=VP8, payload_type=Room.VIDEO_PT, clock_rate=90000,
+                           ssrc=0x7777, mid=b"0")
+    for packet in _temporal_stream(0, 2):
+        rig.feed(packet)
+    # Going down: the current layer's base temporal layer only, until the lower layer's keyframe.
+    e.set_consumer_temporal(c, 0, until_switch=True)
+    e.set_consumer_producer(c, lower)
+    for packet in _temporal_stream(2, 2):  # TIDs 1 and 2: padding now
+        rig.feed(packet)
+    assert e.consumer_stats(c)["tid_max"] == 0
+    for i, tid in enumerate((0, 2)):
+        rig.feed(make_rtp(seq=50 + i, ts=90000 + 3000 * i, ssrc=0x7777, pt=Room.VIDEO_PT, extensions={MID_ID: b"0"},
+                          payload=make_vp8_payload(i == 0, picture_id=7 + i, tl0picidx=1, tid=tid)))
+    assert e.consumer_producer(c) == lower and e.consumer_stats(c)["tid_max"] == -1
+    got = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    assert [p["padding"] for p in got] == [False] * 4 + [True] * 4 + [False, False]  # the new layer's TID 2 flows
+    assert [p["seq"] for p in got] == [(VIEWERS[0].first_seq + i) & 0xFFFF for i in range(10)]
+    assert drops(e) == {}
+
+
+def test_a_sharp_fall_of_a_viewers_remb_is_flagged_once(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1)
+    room = make_room(rig)
+    e = rig.engine
+    t = room.viewers[0]
+    rig.feed(make_rtcp_remb(0xA000, 2_000_000 >> 4, 4, [video_ssrc(0)]), rig.viewers[0])
+    rig.feed(make_rtcp_remb(0xA000, 1_700_000 >> 4, 4, [video_ssrc(0)]), rig.viewers[0])  # -15 %: not sharp
+    assert e.take_remb_falls() == [] and e.remb_falls == 0
+    rig.feed(make_rtcp_remb(0xA000, 1_000_000 >> 4, 4, [video_ssrc(0)]), rig.viewers[0])  # -41 %
+    rig.feed(make_rtcp_remb(0xA000, 500_000 >> 4, 4, [video_ssrc(0)]), rig.viewers[0])    # again, before anyone looked
+    assert e.remb_falls == 1
+    assert e.take_remb_falls() == [t]
+    assert e.take_remb_falls() == []  # taken
+    assert e.transport_remb_bps(t) == 500_000

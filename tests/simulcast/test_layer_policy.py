@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfu.simulcast import DEFAULT_HEADROOM, DEFAULT_UP_HOLD_S, Layer, LayerPolicy, Target, order_layers
+from sfu.simulcast.layer_policy import START_PROBE_S
 
 LOW, MID, HIGH = 150_000.0, 500_000.0, 1_700_000.0
 SIZES = ((320, 180), (640, 360), (1280, 720))
@@ -366,6 +367,47 @@ def test_probing_intent() -> None:
     assert not policy.probing  # not while the current layer does not even fit
     top = settled_at_top(layers)
     assert not top.probing and top.probe_target_bps is None
+
+
+def test_a_new_viewer_is_probed_toward_the_next_step_until_its_first_estimate() -> None:
+    layers = make_layers()
+    policy = LayerPolicy(start_spatial=1)
+    assert policy.decide(layers, 0.0) == Target(1, 0)
+    assert policy.probe_target_bps == pytest.approx(HIGH * DEFAULT_HEADROOM)  # blind: offer the next step
+    policy.decide(layers, START_PROBE_S - 0.1)
+    assert policy.probing
+    policy.decide(layers, START_PROBE_S)
+    assert not policy.probing  # a receiver that never reports is not padded for ever
+    # Loss vetoes the start probe too.
+    lossy = LayerPolicy(start_spatial=1)
+    lossy.on_loss(0.2, 0.0)
+    lossy.decide(layers, 0.0)
+    assert not lossy.probing
+
+
+def test_the_first_estimate_lifts_at_once_later_ones_climb_with_the_hold() -> None:
+    layers = make_layers()
+    policy = LayerPolicy(start_spatial=0)
+    assert policy.decide(layers, 0.0) == Target(0, 0)
+    # What the start probe showed: room for the top layer. No hold: the start was blind.
+    policy.on_bandwidth_estimate(HIGH * DEFAULT_HEADROOM, 3.0)
+    assert policy.decide(layers, 3.0) == Target(2, 0)
+    # After a drop (past the flap window, so no backoff), climbing back is one step per hold.
+    policy.on_bandwidth_estimate(200_000, 14.0)
+    assert policy.decide(layers, 14.0) == Target(0, 0)
+    history = run(policy, layers, UNLIMITED, 14.1, 24)
+    assert first_time(history, 1) - 14.1 >= DEFAULT_UP_HOLD_S - 1e-9
+    assert first_time(history, 2) - first_time(history, 1) >= DEFAULT_UP_HOLD_S - 1e-9
+    # A first estimate that covers only the middle layer lifts only that far; loss vetoes it.
+    middle = LayerPolicy(start_spatial=0)
+    middle.decide(layers, 0.0)
+    middle.on_bandwidth_estimate(MID * DEFAULT_HEADROOM, 3.0)
+    assert middle.decide(layers, 3.0) == Target(1, 0)
+    lossy = LayerPolicy(start_spatial=0)
+    lossy.decide(layers, 0.0)
+    lossy.on_loss(0.05, 1.0)
+    lossy.on_bandwidth_estimate(UNLIMITED, 3.0)
+    assert lossy.decide(layers, 3.0) == Target(0, 0)
 
 
 # -- input checks ---------------------------------------------------------------------
