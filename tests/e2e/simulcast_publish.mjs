@@ -1,6 +1,7 @@
 // Headless Chromium publishes three-layer VP8 simulcast over WHIP from a y4m "camera".
 //
 //   node tests/e2e/simulcast_publish.mjs <base_url> <room> --video-file F.y4m [--token T] [--max-ms N]
+//        [--kbps L,M,H]   (the layers' ceilings, publish.html's ?kbps=)
 //
 // Opens publish.html?simulcast=1 and prints one JSON line per event on stdout:
 //   {"event":"stats","t":<CLOCK_MONOTONIC s>,"publish":{...,"layers":[{rid,frameWidth,kbps,...}]}}
@@ -23,6 +24,7 @@ function parseArgs(argv) {
     if (arg === '--token') options.token = argv[++i];
     else if (arg === '--video-file') options.videoFile = argv[++i];
     else if (arg === '--max-ms') options.maxMs = Number(argv[++i]);
+    else if (arg === '--kbps') options.kbps = argv[++i];
     else if (arg.startsWith('--')) throw new Error(`unknown option ${arg}`);
     else options.positional.push(arg);
   }
@@ -91,6 +93,7 @@ async function run(options) {
     url.searchParams.set('room', options.room);
     if (options.token) url.searchParams.set('token', options.token);
     url.searchParams.set('simulcast', '1');
+    if (options.kbps) url.searchParams.set('kbps', options.kbps);
     url.searchParams.set('autostart', '1');
     await page.goto(url.href, { waitUntil: 'domcontentloaded' });
 

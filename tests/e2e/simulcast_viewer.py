@@ -34,7 +34,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rate import RemoteBitrateEstimator
-from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtcrtpreceiver import NackGenerator, RTCRtpReceiver
 from aiortc.rtp import RtcpRrPacket
 from aiortc.utils import uint16_add
 
@@ -107,6 +107,38 @@ def resync_on_keyframes() -> None:
         return add(self, packet)
 
     JitterBuffer.add = add_resyncing
+
+
+NACK_RETRY_S = 0.1
+NACK_MAX_TRIES = 10
+
+
+def renack_like_browsers() -> None:
+    """Ask again for packets still missing, every 100 ms, up to 10 times, as browsers do.
+
+    Stock aiortc NACKs a missing packet only when another loss happens after it; if
+    the one repair is lost too, the hole stays until a keyframe. libwebrtc's
+    NackRequester retries each missing packet every round trip, up to 10 times.
+    """
+    add = NackGenerator.add
+
+    def add_with_retries(self, packet):
+        missed = add(self, packet)
+        tries = self.__dict__.setdefault("tries", {})
+        for seq in [s for s in tries if s not in self.missing]:
+            del tries[seq]
+        now = time.monotonic()
+        if not self.missing or not (missed or now - self.__dict__.get("last_nack", 0.0) >= NACK_RETRY_S):
+            return False
+        for seq in list(self.missing):
+            tries[seq] = tries.get(seq, 0) + 1
+            if tries[seq] > NACK_MAX_TRIES:
+                self.missing.discard(seq)
+                del tries[seq]
+        self.last_nack = now
+        return bool(self.missing)
+
+    NackGenerator.add = add_with_retries
 
 
 async def stdin_closed() -> None:
@@ -186,12 +218,16 @@ def main() -> int:
     parser.add_argument("--query", default="", help="WHEP query string, e.g. layer=m")
     parser.add_argument("--keyframe-resync", action="store_true",
                         help="skip to a keyframe over unrepaired holes, as browsers do (see resync_on_keyframes)")
+    parser.add_argument("--renack", action="store_true",
+                        help="retry NACKs for packets still missing, as browsers do (see renack_like_browsers)")
     args = parser.parse_args()
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [args.bind]
     report_remb()
     report_receiver_reports()
     if args.keyframe_resync:
         resync_on_keyframes()
+    if args.renack:
+        renack_like_browsers()
     return asyncio.run(watch(args))
 
 
