@@ -44,6 +44,9 @@ class Config:
     pacer: bool = True
     pacer_rate_kbps: int = 25_000
     pacer_burst_bytes: int = 48_000
+    # Room-wide ceiling on simulcast layers, 0 = the lowest (None: none). An all-hands
+    # with thousands of viewers keeps everyone at most on the middle layer (1).
+    simulcast_max_layer: int | None = None
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Config))
@@ -205,6 +208,8 @@ def _check_ranges(config: Config, origin: dict[str, str]) -> None:
         fail("pacer_rate_kbps", "must be positive")
     if config.pacer_burst_bytes < 1500:
         fail("pacer_burst_bytes", "must be at least one packet (1500)")
+    if config.simulcast_max_layer is not None and not 0 <= config.simulcast_max_layer <= 2:
+        fail("simulcast_max_layer", "must be 0 (lowest), 1 or 2")
 
 
 def _check_consistency(config: Config, origin: dict[str, str]) -> None:

@@ -77,6 +77,9 @@ class Consume(Struct):
     # Simulcast: every layer of the track (publisher's listed order) and the viewer's cap.
     layer_producer_ids: list[str] = []
     max_layer_rid: str = ""
+    max_width: int | None = None  # the viewer's screen: no layer larger than needed to fill it
+    max_height: int | None = None
+    room_max_layer: int | None = None  # room-wide ceiling, 0 = the lowest layer
 
 
 class GetStats(Struct):

@@ -92,6 +92,11 @@ def test_empty_env_var_counts_as_unset() -> None:
     assert load(env={"SFU_HTTP_PORT": "", "SFU_AUTH_SECRET": SECRET}).http_port == 8080
 
 
+def test_simulcast_max_layer_from_the_environment() -> None:
+    assert load(env={"SFU_AUTH_SECRET": SECRET}).simulcast_max_layer is None
+    assert load(env={"SFU_AUTH_SECRET": SECRET, "SFU_SIMULCAST_MAX_LAYER": "1"}).simulcast_max_layer == 1
+
+
 def test_cli_strings_are_converted() -> None:
     config = load({"http_port": "9999", "dev": True, "shards": "2"}, env={})
     assert (config.http_port, config.dev, config.shards) == (9999, True, 2)
@@ -114,6 +119,8 @@ def test_cli_strings_are_converted() -> None:
         ({"SFU_SHUTDOWN_TIMEOUT_S": "-1"}, ["shutdown_timeout_s", "negative"]),
         ({"SFU_LOG_LEVEL": "loud"}, ["log_level", "SFU_LOG_LEVEL", "debug"]),
         ({"SFU_HTTP_HOST": " "}, ["http_host", "empty"]),
+        ({"SFU_SIMULCAST_MAX_LAYER": "3"}, ["simulcast_max_layer", "SFU_SIMULCAST_MAX_LAYER", "0 (lowest), 1 or 2"]),
+        ({"SFU_SIMULCAST_MAX_LAYER": "-1"}, ["simulcast_max_layer", "0 (lowest), 1 or 2"]),
     ],
 )
 def test_bad_env_values(env: dict, needles: list[str]) -> None:

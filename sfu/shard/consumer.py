@@ -86,6 +86,9 @@ class Consumer:
         self.layers: list[Producer] = []
         self.layer: Producer = producer
         self.max_layer_rid = ""
+        self.max_width: int | None = None
+        self.max_height: int | None = None
+        self.room_max_layer: int | None = None
         self.policy: LayerPolicy | None = None
         self.simulcast = False
         self.layer_switches = 0
@@ -114,9 +117,12 @@ class Consumer:
         """The viewer's transport is ready: begin from the history's GOP, else ask for a keyframe."""
         self.transport.shard.engine.start_consumer(self.slot)
 
-    def enable_simulcast(self, layers: list["Producer"], max_layer_rid: str = "") -> None:
+    def enable_simulcast(self, layers: list["Producer"], max_layer_rid: str = "", *, max_width: int | None = None,
+                         max_height: int | None = None, room_max_layer: int | None = None) -> None:
         self.layers = layers
         self.max_layer_rid = max_layer_rid
+        self.max_width, self.max_height = max_width, max_height
+        self.room_max_layer = room_max_layer
         self.policy = None  # made at the first estimate, starting from the layer joined on
         self.simulcast = True
 
@@ -147,7 +153,8 @@ class Consumer:
             # Start from the layer joined on: with no estimate yet (aiortc's first REMB
             # comes after ~3 s) only loss can move the viewer, and only down.
             current = next((layer.spatial for layer in ranked if layer.rid == self.layer.rid), None)
-            self.policy = LayerPolicy(start_spatial=current)
+            self.policy = LayerPolicy(start_spatial=current, room_max_spatial=(
+                None if self.room_max_layer is None else min(self.room_max_layer, len(ranked) - 1)))
         if estimate:
             self.policy.on_bandwidth_estimate(estimate, now)
         stats = engine.consumer_stats(self.slot)
@@ -157,7 +164,7 @@ class Consumer:
             self._reports_seen = stats["reports"]
             self.policy.on_loss(stats["fraction_lost"], now)
         cap = next((layer.spatial for layer in ranked if layer.rid == self.max_layer_rid), None)
-        self.policy.set_requested_max(spatial=cap)
+        self.policy.set_requested_max(width=self.max_width, height=self.max_height, spatial=cap)
         target = self.policy.decide(ranked, now)
         if self.policy.probe_target_bps is None:
             self._probing_since = None

@@ -258,7 +258,8 @@ class Shard:
             self.consumers[consumer.id] = consumer
             layers = [self.producers[i] for i in body.layer_producer_ids if i in self.producers]
             if len(layers) > 1:
-                consumer.enable_simulcast(layers, body.max_layer_rid)
+                consumer.enable_simulcast(layers, body.max_layer_rid, max_width=body.max_width,
+                                          max_height=body.max_height, room_max_layer=body.room_max_layer)
             if transport.srtp is not None:
                 consumer.start()
             return None

@@ -48,11 +48,34 @@ def _ssrc() -> int:
     return random.randint(1, 0xFFFFFFFF)
 
 
-def select_layers(producers: list[ProducerInfo], layer: str | None) -> list[ProducerInfo]:
+MAX_REQUESTED_PIXELS = 16384
+
+
+def _requested_size(request: web.Request) -> tuple[int | None, int | None] | web.Response:
+    """``?max_width=&max_height=``: the viewer's video element in device pixels.
+
+    The layer policy then sends no layer larger than what fills that box (the watch
+    page passes its own size): a phone never pays for the 1080p layer.
+    """
+    out: list[int | None] = []
+    for name in ("max_width", "max_height"):
+        raw = request.query.get(name)
+        if raw is None or raw == "":
+            out.append(None)
+            continue
+        if not raw.isdigit() or not 0 < int(raw) <= MAX_REQUESTED_PIXELS:
+            return error(400, f"{name} must be a whole number of pixels, 1 to {MAX_REQUESTED_PIXELS}")
+        out.append(int(raw))
+    return out[0], out[1]
+
+
+def select_layers(producers: list[ProducerInfo], layer: str | None,
+                  room_max_layer: int | None = None) -> list[ProducerInfo]:
     """One producer per track: the requested simulcast layer (``?layer=<rid>``) where the
-    track has it, else the middle of the layers as listed (publishers list low to high):
-    a viewer's first seconds carry no bandwidth estimate, and starting a thin link on
-    the top layer floods it before the estimate can say so.
+    track has it, else the middle of the layers as listed (publishers list low to high),
+    or the room's ceiling if lower: a viewer's first seconds carry no bandwidth
+    estimate, and starting a thin link on the top layer floods it before the estimate
+    can say so.
 
     Switching layers mid-stream belongs to the simulcast policy (sfu/simulcast); this is
     the starting choice.
@@ -60,8 +83,13 @@ def select_layers(producers: list[ProducerInfo], layer: str | None) -> list[Prod
     tracks: dict[str, list[ProducerInfo]] = {}
     for p in producers:
         tracks.setdefault(p.track_id or p.id, []).append(p)
-    return [next((p for p in layers if layer and p.rid == layer), layers[len(layers) // 2])
-            for layers in tracks.values()]
+    def start(layers: list[ProducerInfo]) -> ProducerInfo:
+        index = next((i for i, p in enumerate(layers) if layer and p.rid == layer), len(layers) // 2)
+        if room_max_layer is not None:
+            index = min(index, room_max_layer, len(layers) - 1)
+        return layers[index]
+
+    return [start(layers) for layers in tracks.values()]
 
 
 class Resources:
@@ -203,7 +231,10 @@ class Resources:
         room = self.s.rooms.room(room_name)
         published = room.producers() if room is not None else []
         layer = request.query.get("layer", "")
-        producers = select_layers(published, layer)
+        size = _requested_size(request)
+        if isinstance(size, web.Response):
+            return size
+        producers = select_layers(published, layer, self.s.config.simulcast_max_layer)
         if not producers:
             return error(409, f"nothing is published in room {room_name!r} yet",
                          **{"Retry-After": str(RETRY_AFTER_S)})
@@ -230,6 +261,7 @@ class Resources:
                 await shard.request(control.Consume(
                     transport_id=session.id, consumer_id=consumer_id, producer_id=chosen.id,
                     layer_producer_ids=layers if len(layers) > 1 else [], max_layer_rid=layer,
+                    max_width=size[0], max_height=size[1], room_max_layer=self.s.config.simulcast_max_layer,
                     mid=m.offer.mid, payload_type=codec.payload_type, ssrc=track.send_ssrc,
                     rtx_payload_type=codec.rtx_payload_type if nack else None,
                     rtx_ssrc=track.send_rtx_ssrc if nack and codec.rtx_payload_type is not None else None,

@@ -16,6 +16,7 @@ from aiortc.codecs.vpx import Vp8Encoder
 from av import VideoFrame
 
 import peers
+from conftest import SfuServer, start_server, stop_server
 
 LAYERS = {"l": (160, 120, 0x51), "h": (320, 240, 0x52)}  # rid: width, height, SSRC
 RID_ID = 10
@@ -56,32 +57,51 @@ def rtp(seq: int, ts: int, ssrc: int, pt: int, marker: bool, mid_id: int, mid: b
     return header + struct.pack("!HH", 0xBEDE, len(ext) // 4) + ext + payload
 
 
+class SimulcastPublisher:
+    """The two-layer publisher over WHIP, sending its layers at 30 fps until stopped."""
+
+    def __init__(self, server: SfuServer, frames: int = 60) -> None:
+        self.server = server
+        self.peer = peers.RawPeer(server.rtc_port)
+        self.peer.offer_filter = simulcast_offer
+        self.frames = {rid: vp8_packets(w, h, frames) for rid, (w, h, _) in LAYERS.items()}
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self, room: str, loops: bool = True) -> None:
+        await self.peer.join(self.server.base_url, room)
+        video = self.peer.answer.split("m=video ")[1]
+        self.pt = int(video.split()[2])
+        self.mid = video.split("a=mid:")[1].split()[0].encode()
+        self.mid_id = int(video.split(" urn:ietf:params:rtp-hdrext:sdes:mid")[0].rsplit("a=extmap:", 1)[1])
+        self.task = asyncio.ensure_future(self._send(loops))
+
+    async def _send(self, loops: bool) -> None:
+        seq = {rid: 0 for rid in LAYERS}
+        count = len(self.frames["l"])
+        n = 0
+        while loops or n < count:
+            for rid, (_, _, ssrc) in LAYERS.items():
+                payloads = self.frames[rid][n % count]
+                for i, payload in enumerate(payloads):
+                    packet = rtp(seq[rid], n * 3000, ssrc, self.pt, i == len(payloads) - 1, self.mid_id, self.mid,
+                                 rid.encode(), payload)
+                    self.peer.send(self.peer.srtp.protect(packet))
+                    seq[rid] += 1
+            n += 1
+            await asyncio.sleep(1 / 30)
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.peer.close()
+
+
 async def test_viewers_choose_a_simulcast_layer(sfu_server):
-    publisher = peers.RawPeer(sfu_server.rtc_port)
-    publisher.offer_filter = simulcast_offer
-    await publisher.join(sfu_server.base_url, "sim")
-    answer = publisher.answer
-    assert "a=simulcast:recv l;h" in answer
-    video = answer.split("m=video ")[1]
-    pt = int(video.split()[2])
-    mid = video.split("a=mid:")[1].split()[0].encode()
-    mid_id = int(video.split(" urn:ietf:params:rtp-hdrext:sdes:mid")[0].rsplit("a=extmap:", 1)[1])
-    frames = {rid: vp8_packets(w, h, 90) for rid, (w, h, _) in LAYERS.items()}
+    publisher = SimulcastPublisher(sfu_server, frames=90)
     viewers = {}
     try:
-        async def send() -> None:
-            seq = {rid: 0 for rid in LAYERS}
-            for n in range(90):
-                for rid, (_, _, ssrc) in LAYERS.items():
-                    payloads = frames[rid][n]
-                    for i, payload in enumerate(payloads):
-                        packet = rtp(seq[rid], n * 3000, ssrc, pt, i == len(payloads) - 1, mid_id, mid, rid.encode(),
-                                     payload)
-                        publisher.send(publisher.srtp.protect(packet))
-                        seq[rid] += 1
-                await asyncio.sleep(1 / 30)
-
-        sender = asyncio.ensure_future(send())
+        await publisher.start("sim", loops=False)
+        assert "a=simulcast:recv l;h" in publisher.peer.answer
         await asyncio.sleep(0.3)
         for rid in LAYERS:
             viewers[rid] = await peers.watch(sfu_server.base_url, "sim", query=f"layer={rid}")
@@ -91,7 +111,6 @@ async def test_viewers_choose_a_simulcast_layer(sfu_server):
             assert set(viewer.frame_sizes) == {LAYERS[rid][:2]}, (rid, set(viewer.frame_sizes))
         # With no choice given, the middle of the listed layers (of two: the upper).
         assert set(default.frame_sizes) == {LAYERS["h"][:2]}
-        sender.cancel()
         await default.close()
     finally:
         for viewer in viewers.values():
@@ -102,32 +121,10 @@ async def test_viewers_choose_a_simulcast_layer(sfu_server):
 async def test_viewer_follows_its_bandwidth_between_layers(sfu_server):
     from aiortc.rtp import RtcpPsfbPacket, pack_remb_fci
 
-    publisher = peers.RawPeer(sfu_server.rtc_port)
-    publisher.offer_filter = simulcast_offer
-    await publisher.join(sfu_server.base_url, "adaptive")
-    video = publisher.answer.split("m=video ")[1]
-    pt = int(video.split()[2])
-    mid = video.split("a=mid:")[1].split()[0].encode()
-    mid_id = int(video.split(" urn:ietf:params:rtp-hdrext:sdes:mid")[0].rsplit("a=extmap:", 1)[1])
-    frames = {rid: vp8_packets(w, h, 60) for rid, (w, h, _) in LAYERS.items()}
-
-    async def send() -> None:
-        seq = {rid: 0 for rid in LAYERS}
-        n = 0
-        while True:
-            for rid, (_, _, ssrc) in LAYERS.items():
-                payloads = frames[rid][n % 60]
-                for i, payload in enumerate(payloads):
-                    packet = rtp(seq[rid], n * 3000, ssrc, pt, i == len(payloads) - 1, mid_id, mid, rid.encode(),
-                                 payload)
-                    publisher.send(publisher.srtp.protect(packet))
-                    seq[rid] += 1
-            n += 1
-            await asyncio.sleep(1 / 30)
-
+    publisher = SimulcastPublisher(sfu_server)
+    await publisher.start("adaptive")
     viewer = peers.RawPeer(sfu_server.rtc_port)
     viewer.ufrag = "view"
-    sender = asyncio.ensure_future(send())
     try:
         await asyncio.sleep(0.3)
         await viewer.join(sfu_server.base_url, "adaptive", kind="whep")
@@ -166,6 +163,45 @@ async def test_viewer_follows_its_bandwidth_between_layers(sfu_server):
         assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:])), "gap in the viewer's sequence"
         assert len(video_packets) > 100
     finally:
-        sender.cancel()
         viewer.close()
         publisher.close()
+
+
+async def test_viewer_gets_no_layer_larger_than_its_screen(sfu_server):
+    """?max_width/max_height (the watch page sends its video element's size): the
+    smallest layer that fills the box, even with bandwidth for more."""
+    publisher = SimulcastPublisher(sfu_server)
+    small = large = None
+    try:
+        await publisher.start("screen")
+        await asyncio.sleep(0.5)  # a keyframe of each layer: their sizes are known
+        small = await peers.watch(sfu_server.base_url, "screen", query="max_width=150&max_height=100")
+        large = await peers.watch(sfu_server.base_url, "screen", query="max_width=1920&max_height=1080")
+        await asyncio.gather(small.wait_frames(60, timeout_s=15), large.wait_frames(60, timeout_s=15))
+        # The small screen starts on the default (upper) layer and is moved down within a tick
+        # and a keyframe (the 1 s GOP); the large one keeps the top layer.
+        assert set(small.frame_sizes[-20:]) == {LAYERS["l"][:2]}, small.frame_sizes
+        assert set(large.frame_sizes) == {LAYERS["h"][:2]}
+    finally:
+        for viewer in (small, large):
+            if viewer is not None:
+                await viewer.close()
+        publisher.close()
+
+
+async def test_room_ceiling_keeps_every_viewer_at_or_below_its_layer(tmp_path):
+    """simulcast_max_layer (an all-hands keeps thousands of viewers off the top layer)."""
+    server = start_server(tmp_path, "--dev", env={"SFU_SIMULCAST_MAX_LAYER": "0"})
+    publisher = SimulcastPublisher(server)
+    viewer = None
+    try:
+        await publisher.start("allhands")
+        await asyncio.sleep(0.3)
+        viewer = await peers.watch(server.base_url, "allhands", query="layer=h")  # asks for the top: capped
+        await viewer.wait_frames(60, timeout_s=15)
+        assert set(viewer.frame_sizes) == {LAYERS["l"][:2]}
+    finally:
+        if viewer is not None:
+            await viewer.close()
+        publisher.close()
+        stop_server(server)

@@ -70,6 +70,32 @@ async def test_whep_before_any_publisher_is_409_with_retry_after(sfu_server):
             assert int(r.headers["Retry-After"]) > 0
 
 
+@pytest.mark.parametrize("query", ["max_width=0", "max_width=abc", "max_height=-5", "max_height=99999",
+                                   "max_width=1.5"])
+async def test_whep_bad_requested_size_is_400(sfu_server, query):
+    offer = await real_offer(direction="recvonly")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{sfu_server.base_url}/whep/empty?{query}", data=offer, headers=SDP) as r:
+            assert r.status == 400
+            assert "pixels" in await r.text()
+
+
+def test_select_layers_starts_in_the_middle_under_the_room_ceiling():
+    from sfu.signalling.resources import select_layers
+    from sfu.signalling.rooms import ProducerInfo  # noqa: F401  (the type select_layers takes)
+
+    class P:
+        def __init__(self, rid: str) -> None:
+            self.rid, self.id, self.track_id = rid, rid, "t"
+
+    layers = [P("l"), P("m"), P("h")]
+    assert [p.rid for p in select_layers(layers, None)] == ["m"]
+    assert [p.rid for p in select_layers(layers, None, room_max_layer=0)] == ["l"]
+    assert [p.rid for p in select_layers(layers, None, room_max_layer=2)] == ["m"]
+    assert [p.rid for p in select_layers(layers, "h")] == ["h"]
+    assert [p.rid for p in select_layers(layers, "h", room_max_layer=0)] == ["l"]  # the ceiling holds
+
+
 async def test_patch_etag_rules_and_ice_restart(sfu_server):
     offer = await real_offer()
     async with aiohttp.ClientSession() as http:
