@@ -1164,33 +1164,29 @@ def _pacer_case(reason: str) -> Callable[[Rig, Room], None]:
     return run
 
 
-def _pacer_superseded(rig: Rig, room: Room) -> None:
-    # A consumer moving to another layer while two packets of the old one wait in its pacer.
+def _switch_under_spent_pacer(rig: Rig, room: Room, packets: int) -> None:
+    """Viewer 0 alone, its pacer never refilling, moved to a second layer after
+    ``packets`` of the first; that layer's keyframe makes the switch."""
     e = rig.engine
     e.pacer_enabled, e.pacer_rate_bytes_s, e.pacer_burst_bytes = True, 0.0, 1.0
     other = e.add_producer(room.publisher, video=True, codec=VP8, payload_type=Room.VIDEO_PT, clock_rate=90000,
                            ssrc=0x7777, mid=b"0")
-    c = room.video_consumers[0]
     for v in (1, 2):
         e.remove_consumer(room.video_consumers[v])
-    for i in range(3):
+    for i in range(packets):
         rig.feed(room.video_packet(i, keyframe=i == 0))
-    e.set_consumer_producer(c, other)
+    e.set_consumer_producer(room.video_consumers[0], other)
     rig.feed(make_rtp(seq=9, ssrc=0x7777, pt=Room.VIDEO_PT, payload=make_vp8_payload(True)))
+
+
+def _pacer_superseded(rig: Rig, room: Room) -> None:
+    # Two packets of the old layer wait in the pacer when the new layer's keyframe comes.
+    _switch_under_spent_pacer(rig, room, 3)
 
 
 def _nack_over_budget(rig: Rig, room: Room) -> None:
     # A NACK for a packet of the layer before a switch, with the viewer's tokens spent.
-    e = rig.engine
-    e.pacer_enabled, e.pacer_rate_bytes_s, e.pacer_burst_bytes = True, 0.0, 1.0
-    other = e.add_producer(room.publisher, video=True, codec=VP8, payload_type=Room.VIDEO_PT, clock_rate=90000,
-                           ssrc=0x7777, mid=b"0")
-    c = room.video_consumers[0]
-    for v in (1, 2):
-        e.remove_consumer(room.video_consumers[v])
-    rig.feed(room.video_packet(0, keyframe=True))
-    e.set_consumer_producer(c, other)
-    rig.feed(make_rtp(seq=9, ssrc=0x7777, pt=Room.VIDEO_PT, payload=make_vp8_payload(True)))
+    _switch_under_spent_pacer(rig, room, 1)
     rig.feed(make_rtcp_nack(1, video_ssrc(0), [(VIEWERS[0].first_seq, 0)]), rig.viewers[0])
 
 
@@ -1944,14 +1940,19 @@ def test_temporal_layers_above_the_cap_go_out_as_padding(make_rig: Callable[...,
     assert drops(e) == {}
 
 
-def test_nack_for_a_padding_packet_gets_the_padding_again(make_rig: Callable[..., Rig]) -> None:
+def _base_layer_only(make_rig: Callable[..., Rig], frames: int) -> tuple[Rig, Any, int]:
+    """One viewer capped at TID 0, after ``frames`` frames of the L1T3 stream."""
     rig = make_rig(viewers=1)
     room = make_room(rig)
-    e = rig.engine
     c = room.video_consumers[0]
-    e.set_consumer_temporal(c, 0)
-    for packet in _temporal_stream(0, 4):
+    rig.engine.set_consumer_temporal(c, 0)
+    for packet in _temporal_stream(0, frames):
         rig.feed(packet)
+    return rig, rig.engine, c
+
+
+def test_nack_for_a_padding_packet_gets_the_padding_again(make_rig: Callable[..., Rig]) -> None:
+    rig, e, c = _base_layer_only(make_rig, 4)
     sent = [read_rtp(d) for d in rig.take(rig.viewers[0])]
     first = VIEWERS[0].first_seq
     # Our seq first+2 was padding (frame 1, TID 2); first+1 was the base layer's second packet.
@@ -1966,13 +1967,7 @@ def test_nack_for_a_padding_packet_gets_the_padding_again(make_rig: Callable[...
 
 
 def test_probes_never_copy_a_dropped_temporal_layer(make_rig: Callable[..., Rig]) -> None:
-    rig = make_rig(viewers=1)
-    room = make_room(rig)
-    e = rig.engine
-    c = room.video_consumers[0]
-    e.set_consumer_temporal(c, 0)
-    for packet in _temporal_stream(0, 7):  # ends on frames 5 and 6 (TIDs 2, 1): padding
-        rig.feed(packet)
+    rig, e, c = _base_layer_only(make_rig, 7)  # ends on frames 5 and 6 (TIDs 2, 1): padding
     rig.take(rig.viewers[0])
     e.set_consumer_probe(c, 2_000_000)
     _tick_for(e, 0.1)
