@@ -203,9 +203,13 @@ class Consumer:
     def _set_probe(self, bps: float) -> None:
         # Rounded, so a steady answer is not re-sent to the engine every tick.
         bps = round(bps, -4)
+        shard = self.transport.shard
+        if bps > 0 and self.probe_bps == 0 and shard.probing >= shard.max_probing:
+            bps = 0.0  # the shard's probe budget is taken: this one waits for a later tick
         if bps != self.probe_bps:
+            shard.probing += (bps > 0) - (self.probe_bps > 0)
             self.probe_bps = bps
-            self.transport.shard.engine.set_consumer_probe(self.slot, bps)
+            shard.engine.set_consumer_probe(self.slot, bps)
 
     def on_producer_closed(self) -> None:
         """Tell the viewer the stream ended (RTCP BYE) so its track ends cleanly."""
@@ -217,6 +221,9 @@ class Consumer:
         if self.closed:
             return
         self.closed = True
+        if self.probe_bps > 0:
+            self.transport.shard.probing -= 1
+            self.probe_bps = 0.0
         if self in self.producer.consumers:
             self.producer.consumers.remove(self)
         self.transport.consumers.pop(self.id, None)

@@ -26,6 +26,7 @@ from .webrtc_transport import WebRtcTransport
 log = structlog.get_logger("sfu.shard")
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 RTCP_REPORT_INTERVAL_S = 1.0
+MAX_PROBING_CONSUMERS = 64
 SIMULCAST_INTERVAL_S = 0.25  # how often each simulcast consumer's layer is reconsidered
 
 
@@ -63,6 +64,10 @@ class Shard:
         self._tick_task: asyncio.Task[None] | None = None
         self._engine_timer: asyncio.TimerHandle | None = None
         self._remb_falls_seen = 0
+        # Consumers padded at once, at most: an all-hands where hundreds join within
+        # seconds must not send each of them a probe's worth of padding at the same time.
+        self.max_probing = MAX_PROBING_CONSUMERS
+        self.probing = 0
         self.log = log.bind(shard=shard_id)
 
     # --- UDP ---------------------------------------------------------------------------
@@ -299,7 +304,7 @@ class Shard:
             "layer_switches": self.layer_switches,
             "switch_seconds": self._drain_switch_times(),
             "consumers_by_layer": self._consumers_by_layer(),
-            "probing_consumers": sum(1 for c in self.consumers.values() if c.probe_bps > 0),
+            "probing_consumers": self.probing,
             "drops": dict(drops),
             "jitter_seconds": {p.id: p.stats()["jitter_seconds"] for p in self.producers.values()},
         }
