@@ -17,6 +17,7 @@ from .metrics import ShardCollector
 from .resources import Resources
 from .rooms import RoomRegistry, Session
 from .shard_process import ShardProcess
+from .supervisor import ShardSupervisor
 
 log = get_logger("sfu.signalling")
 STATIC = Path(str(importlib_resources.files("sfu.signalling") / "static"))
@@ -30,15 +31,31 @@ class Signalling:
         self.registry = CollectorRegistry()
         self.collector = ShardCollector()
         self.registry.register(self.collector)
+        self.supervisor = ShardSupervisor(self, self._new_shard)
+
+    def _new_shard(self, shard_id: int) -> ShardProcess:
+        return ShardProcess(shard_id, self.config, self.on_shard_notification)
 
     async def start_shards(self) -> None:
         for shard_id in range(self.config.shards):
-            shard = ShardProcess(shard_id, self.config, self.on_shard_notification)
+            shard = self._new_shard(shard_id)
             await shard.start()
             self.shards.append(shard)
+        for shard_id in range(len(self.shards)):
+            self.supervisor.watch(shard_id)
 
     async def stop_shards(self) -> None:
+        await self.supervisor.stop()
         await asyncio.gather(*(s.stop(self.config.shutdown_timeout_s * 0.75) for s in self.shards))
+
+    def end_sessions_on_shard(self, shard_id: int, reason: str) -> int:
+        """Forget every session of a shard that died: their transports went with it."""
+        ended = [s for s in self.rooms.sessions.values() if s.shard == shard_id]
+        for session in ended:
+            self.rooms.remove(session.id)
+            log.info("session ended", room=session.room, peer=session.id, kind=session.kind, reason=reason,
+                     shard=shard_id)
+        return len(ended)
 
     def place_room(self, room: str) -> int:
         """A room lives on one shard until inter-shard relays exist: the least busy one."""
@@ -86,6 +103,8 @@ class Signalling:
             counts[session.kind] = counts.get(session.kind, 0) + 1
         self.collector.sessions = counts
         self.collector.rooms = len(self.rooms.rooms)
+        self.collector.shard_restarts = dict(self.supervisor.restarts)
+        self.collector.shard_ids = [s.id for s in self.shards]
         return web.Response(body=generate_latest(self.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -20,6 +20,8 @@ class ShardCollector(Collector):
         self._switch_sum = 0.0
         self.sessions: dict[str, int] = {}
         self.rooms = 0
+        self.shard_restarts: dict[int, int] = {}
+        self.shard_ids: list[int] = []
 
     def collect(self) -> Iterable[Any]:
         sessions = GaugeMetricFamily("sfu_peers", "Peers with a live session", labels=["kind"])
@@ -27,6 +29,16 @@ class ShardCollector(Collector):
             sessions.add_metric([kind], self.sessions.get(kind, 0))
         yield sessions
         yield GaugeMetricFamily("sfu_rooms", "Rooms with at least one session", value=self.rooms)
+        restarts = CounterMetricFamily("sfu_shard_restarts", "Shard processes replaced after dying or hanging",
+                                       labels=["shard"])
+        for shard_id in self.shard_ids:
+            restarts.add_metric([str(shard_id)], self.shard_restarts.get(shard_id, 0))
+        yield restarts
+        up = GaugeMetricFamily("sfu_shard_up", "1 when the shard answered this scrape", labels=["shard"])
+        answered = {s["shard"] for s in self.stats}
+        for shard_id in self.shard_ids:
+            up.add_metric([str(shard_id)], 1 if shard_id in answered else 0)
+        yield up
 
         def family(cls: type, name: str, doc: str, key: str) -> Any:
             metric = cls(name, doc, labels=["shard"])

@@ -1,0 +1,102 @@
+"""ShardSupervisor: notices a shard that died or hangs, and puts a fresh one in its place.
+
+One crashed process must not end a company meeting. A shard is dead when its
+process exits, or when it stops answering the control channel: a ping
+(``GetStats``) every half second, and two in a row unanswered within their half
+second mean it is stuck (a busy shard still answers: the ping is one small
+message on its event loop). A stuck shard is killed. Either way its sessions are
+ended (their transports died with it; WHEP/WHIP clients see ICE fail and
+re-POST, as the built-in pages do) and a new shard process takes the same id and
+UDP port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Callable
+
+from .. import control
+from ..logs import get_logger
+from .shard_process import ShardProcess
+
+if TYPE_CHECKING:
+    from .app import Signalling
+
+log = get_logger("sfu.signalling.supervisor")
+
+PING_INTERVAL_S = 0.5
+PING_TIMEOUT_S = 0.5
+MISSED_PINGS = 2  # two unanswered pings in a row: dead within ~2 s of hanging
+RESTART_BACKOFF_S = (0.0, 0.5, 2.0, 5.0)  # a shard that keeps dying is restarted less eagerly
+
+
+class ShardSupervisor:
+    def __init__(self, signalling: "Signalling", make_shard: Callable[[int], ShardProcess]) -> None:
+        self.s = signalling
+        self._make_shard = make_shard
+        self.restarts: dict[int, int] = {}
+        self.deaths: dict[int, float] = {}  # shard id -> when its last death was noticed (monotonic)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def watch(self, shard_id: int) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(self._run(shard_id)))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, shard_id: int) -> None:
+        while not self._stopping:
+            reason = await self._until_dead(self.s.shards[shard_id])
+            if self._stopping:
+                return
+            await self._replace(shard_id, reason)
+
+    async def _until_dead(self, shard: ShardProcess) -> str:
+        assert shard.process is not None
+        exited = asyncio.ensure_future(shard.process.wait())
+        missed = 0
+        try:
+            while True:
+                done, _ = await asyncio.wait([exited], timeout=PING_INTERVAL_S)
+                if done:
+                    return f"exited with status {shard.process.returncode}"
+                try:
+                    await shard.request(control.GetStats(), timeout_s=PING_TIMEOUT_S)
+                    missed = 0
+                except control.ControlError:
+                    missed += 1
+                    if missed >= MISSED_PINGS:
+                        shard.process.kill()
+                        await shard.process.wait()
+                        return f"stopped answering ({missed} pings of {PING_TIMEOUT_S} s missed); killed"
+        finally:
+            exited.cancel()
+
+    async def _replace(self, shard_id: int, reason: str) -> None:
+        old = self.s.shards[shard_id]
+        died_at = time.monotonic()
+        count = self.restarts.get(shard_id, 0)
+        log.error("shard died", shard=shard_id, pid=old.process.pid if old.process else None, reason=reason,
+                  restarts=count)
+        self.deaths[shard_id] = died_at
+        ended = self.s.end_sessions_on_shard(shard_id, f"shard {shard_id} died")
+        await old.stop(0.1)
+        await asyncio.sleep(RESTART_BACKOFF_S[min(count, len(RESTART_BACKOFF_S) - 1)])
+        while not self._stopping:
+            fresh = self._make_shard(shard_id)
+            try:
+                await fresh.start()
+            except RuntimeError as exc:
+                log.error("shard restart failed", shard=shard_id, error=str(exc))
+                await asyncio.sleep(RESTART_BACKOFF_S[-1])
+                continue
+            self.s.shards[shard_id] = fresh
+            self.restarts[shard_id] = count + 1
+            log.info("shard restarted", shard=shard_id, pid=fresh.process.pid if fresh.process else None,
+                     sessions_ended=ended, seconds=round(time.monotonic() - died_at, 3))
+            return

@@ -1,0 +1,79 @@
+"""A shard that dies (kill -9) or hangs (SIGSTOP) is replaced; its sessions end; new ones work."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+
+import aiohttp
+import pytest
+
+import peers
+from conftest import SfuServer
+
+RECOVER_S = 3.0  # the issue: viewers get media again within 3 s; the shard must be back well before
+
+
+def shard_pid(server: SfuServer) -> int:
+    out = subprocess.run(["pgrep", "-P", str(server.process.pid), "-f", "sfu.shard.main"],
+                         capture_output=True, text=True, check=False).stdout.split()
+    assert len(out) == 1, out
+    return int(out[0])
+
+
+async def wait_replaced(server: SfuServer, old_pid: int, within_s: float) -> float:
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() - started < within_s:
+            async with http.get(server.base_url + "/healthz") as r:
+                healthy = r.status == 200
+            if healthy:
+                try:
+                    if shard_pid(server) != old_pid:
+                        return time.monotonic() - started
+                except AssertionError:
+                    pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"shard not replaced within {within_s} s\n{server.log()[-3000:]}")
+
+
+@pytest.mark.parametrize("how", ["kill", "hang"])
+async def test_dead_shard_is_replaced_and_new_sessions_work(sfu_server: SfuServer, how: str) -> None:
+    publisher = await peers.publish(sfu_server.base_url, "crash")
+    viewer = await peers.watch(sfu_server.base_url, "crash")
+    old_pid = shard_pid(sfu_server)
+    try:
+        await viewer.wait_frames(10)
+        os.kill(old_pid, signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+        # Within the issue's 3 s either way: an exit is seen at once; a hang after two
+        # missed half-second pings (the issue: dead within 2 s), then the shard is killed.
+        took = await wait_replaced(sfu_server, old_pid, RECOVER_S)
+        print(f"{how}: replaced in {took:.2f} s")
+        metrics = sfu_server.metrics()
+        assert metrics['sfu_shard_restarts_total{shard="0"}'] == 1
+        assert metrics['sfu_shard_up{shard="0"}'] == 1
+        log = sfu_server.log()
+        assert '"shard died"' in log and '"shard restarted"' in log
+        assert ("exited with status -9" if how == "kill" else "stopped answering") in log
+        # The sessions went with the shard: their resources are gone.
+        assert await publisher.delete() == 404
+        assert metrics.get('sfu_peers{kind="whep"}', 0) == 0
+        # And the room works again, on the new shard.
+        again = await peers.publish(sfu_server.base_url, "crash")
+        fresh = await peers.watch(sfu_server.base_url, "crash")
+        try:
+            await fresh.wait_frames(10)
+        finally:
+            await fresh.close()
+            await again.close()
+    finally:
+        if how == "hang":
+            try:
+                os.kill(old_pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        await viewer.close()
+        await publisher.close()
