@@ -17,7 +17,7 @@ import jwt
 
 ISSUER = "sfu"
 ADMIN_ROOM = "*"  # a token for this room is valid in every room
-ACTIONS = ("publish", "subscribe")
+ACTIONS = ("publish", "subscribe", "admin")  # admin: the REST admin API; only with room "*"
 _ALGORITHMS = ["HS256"]  # never "none", never an asymmetric alg keyed by our secret
 _MAX_TOKEN_CHARS = 8192
 # Three base64url segments; anything else is rejected before PyJWT sees it.
@@ -39,6 +39,7 @@ class Grant:
     subscribe: bool
     identity: str | None
     expires_at: float
+    admin: bool = False
 
 
 def issue_token(
@@ -50,14 +51,21 @@ def issue_token(
     ttl_s: float = 3600,
     identity: str | None = None,
     now: float | None = None,
+    admin: bool = False,
 ) -> str:
-    """Sign a token for ``room`` ("*" for every room) that expires ``ttl_s`` from ``now``."""
+    """Sign a token for ``room`` ("*" for every room) that expires ``ttl_s`` from ``now``.
+
+    ``admin`` (room "*" only) opens the REST admin API: listing rooms, peers and
+    shards, closing peers.
+    """
     if not secret:
         raise ValueError("secret must not be empty")
     if not room:
         raise ValueError("room must not be empty")
     if not ttl_s > 0:
         raise ValueError("ttl_s must be positive")
+    if admin and room != ADMIN_ROOM:
+        raise ValueError(f'an admin token is for every room: room must be "{ADMIN_ROOM}"')
     issued = time.time() if now is None else now
     claims: dict[str, Any] = {
         "iss": ISSUER,
@@ -69,6 +77,8 @@ def issue_token(
     }
     if identity is not None:
         claims["sub"] = identity
+    if admin:
+        claims["admin"] = True
     return jwt.encode(claims, secret, algorithm=_ALGORITHMS[0])
 
 
@@ -141,17 +151,18 @@ def _decode(secret: str, token: str) -> dict[str, Any]:
 
 def _grant_from(claims: dict[str, Any]) -> Grant:
     room, publish, subscribe = claims.get("room"), claims.get("publish", False), claims.get("subscribe", False)
-    identity, exp = claims.get("sub"), claims["exp"]
+    identity, exp, admin = claims.get("sub"), claims["exp"], claims.get("admin", False)
     if (
         not isinstance(room, str)
         or not room
         or not isinstance(publish, bool)
         or not isinstance(subscribe, bool)
+        or not isinstance(admin, bool)
         or not (identity is None or isinstance(identity, str))
         or not _is_time(exp)
     ):
         raise AuthError("malformed token")
-    return Grant(room, publish, subscribe, identity, float(exp))
+    return Grant(room, publish, subscribe, identity, float(exp), admin and room == ADMIN_ROOM)
 
 
 def _is_time(value: Any) -> bool:

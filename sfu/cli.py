@@ -68,7 +68,10 @@ def _token(args: argparse.Namespace) -> int:
         print(f"sfu: --ttl must be a positive number of seconds, not {args.ttl:g}", file=sys.stderr)
         return EXIT_USAGE
     publish, subscribe = args.publish, args.subscribe
-    if not (publish or subscribe):
+    if args.admin and args.room != "*":
+        print('sfu: an --admin token is for every room: use --room "*"', file=sys.stderr)
+        return EXIT_USAGE
+    if not (publish or subscribe or args.admin):
         subscribe = True
         print("sfu: neither --publish nor --subscribe given; granting subscribe only", file=sys.stderr)
     token = issue_token(
@@ -78,6 +81,7 @@ def _token(args: argparse.Namespace) -> int:
         subscribe=subscribe,
         ttl_s=args.ttl,
         identity=args.identity,
+        admin=args.admin,
     )
     print(token)
     return 0
@@ -108,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--room", required=True, help='room name, or "*" for every room')
     token.add_argument("--publish", action="store_true", help="allow publishing (WHIP)")
     token.add_argument("--subscribe", action="store_true", help="allow subscribing (WHEP)")
+    token.add_argument("--admin", action="store_true", help='the REST admin API (needs --room "*")')
     token.add_argument("--ttl", type=float, default=3600.0, metavar="S", help="lifetime in seconds (default 3600)")
     token.add_argument("--identity", metavar="ID", help="who the token is for (the 'sub' claim)")
     token.add_argument("--auth-secret", metavar="S", help="HS256 token secret (or $SFU_AUTH_SECRET)")

@@ -211,3 +211,16 @@ def test_programming_errors_are_not_auth_errors() -> None:
         issue_token(SECRET, "r", ttl_s=0)
     with pytest.raises(ValueError):
         issue_token("", "r")
+
+
+def test_admin_tokens() -> None:
+    token = issue_token(SECRET, "*", admin=True, ttl_s=60, now=NOW)
+    grant = verify_token(SECRET, token, room="*", action="admin", now=NOW)
+    assert grant.admin and not grant.publish and not grant.subscribe
+    assert reason(token, room="r", action="publish") == "token does not grant publish"  # admin is not media
+    assert reason(issue_token(SECRET, "*", publish=True, now=NOW), room="*", action="admin") == "token does not grant admin"
+    with pytest.raises(ValueError, match="every room"):
+        issue_token(SECRET, "lobby", admin=True)
+    # A room token that claims admin anyway (signed with the secret, so not forged) is no admin.
+    assert reason(sign(claims(admin=True)), room="*", action="admin") == "token not valid for room '*'"
+    assert reason(sign(claims(room="*", admin="yes")), room="*", action="admin") == "malformed token"

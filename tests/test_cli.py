@@ -132,3 +132,11 @@ def test_serve_passes_only_given_options(
 def test_serve_returns_servers_exit_code(fake_server: list[Config], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys.modules["sfu.server"], "serve", lambda config: 3)
     assert main(["serve", "--dev"]) == 3
+
+
+def test_admin_token(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["token", "--room", "*", "--admin", "--auth-secret", SECRET]) == 0
+    grant = verify_token(SECRET, capsys.readouterr().out.strip(), room="*", action="admin")
+    assert grant.admin
+    assert main(["token", "--room", "lobby", "--admin", "--auth-secret", SECRET]) != 0
+    assert "--room" in capsys.readouterr().err

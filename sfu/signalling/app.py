@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from .. import control
 from ..config import Config
 from ..logs import get_logger
+from .admin import AdminApi
 from .metrics import ShardCollector
 from .resources import Resources
 from .rooms import RoomRegistry, Session
@@ -124,6 +125,7 @@ class Signalling:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=max(self.config.max_sdp_bytes * 2, 65536))
         app.add_routes(Resources(self).routes())
+        app.add_routes(AdminApi(self).routes())
         app.add_routes([
             web.get("/metrics", self.metrics),
             web.get("/healthz", self.healthz),
