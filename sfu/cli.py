@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", metavar="P", help="HTTP port (default 8080)")
     serve.add_argument("--rtc-host", metavar="H", help="media address bound and advertised in ICE candidates")
     serve.add_argument("--rtc-port", metavar="P", help="UDP port of the first shard (default 50000)")
-    serve.add_argument("--shards", metavar="N", help="number of shard processes (default 1)")
+    serve.add_argument("--shards", metavar="N", help="number of shard processes (default: one per core)")
     serve.add_argument(
         "--dev", action="store_const", const=True, default=None,
         help="no authentication; only loopback addresses allowed",

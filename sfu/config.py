@@ -13,7 +13,7 @@ import os
 import tomllib
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 ENV_PREFIX = "SFU_"
@@ -32,7 +32,7 @@ class Config:
     http_port: int = 8080
     rtc_host: str = "127.0.0.1"  # address put in ICE candidates and bound by the shard's UDP socket
     rtc_port: int = 50000  # UDP port of the first shard; shard i uses rtc_port + i
-    shards: int = 1
+    shards: int = field(default_factory=lambda: os.cpu_count() or 1)  # one shard process per core
     dev: bool = False  # no auth; refuses non-loopback http_host/rtc_host
     auth_secret: str | None = None
     log_level: str = "info"

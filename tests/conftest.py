@@ -66,7 +66,7 @@ def start_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
         [sys.executable, "-m", "sfu", "serve", *hosts, "--http-port", str(http_port),
          "--rtc-port", str(rtc_port), *args],
         stdout=log_file, stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "SFU_SHARDS": "1", **(env or {})},  # one shard unless a test asks for more
     )
     server = SfuServer(f"http://{host}:{http_port}", http_port, rtc_port, process, log_path)
     deadline = time.monotonic() + 30

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import pytest
@@ -90,6 +92,10 @@ def test_env_numbers_and_strings() -> None:
 
 def test_empty_env_var_counts_as_unset() -> None:
     assert load(env={"SFU_HTTP_PORT": "", "SFU_AUTH_SECRET": SECRET}).http_port == 8080
+
+
+def test_one_shard_per_core_by_default() -> None:
+    assert load(env={"SFU_AUTH_SECRET": SECRET}).shards == (os.cpu_count() or 1)
 
 
 def test_simulcast_max_layer_from_the_environment() -> None:

@@ -77,3 +77,36 @@ async def test_dead_shard_is_replaced_and_new_sessions_work(sfu_server: SfuServe
                 pass
         await viewer.close()
         await publisher.close()
+
+
+async def test_the_other_shards_viewers_see_no_gap(tmp_path) -> None:
+    """Two shards, a room on each: one shard killed, the other room's video keeps its pace."""
+    from conftest import start_server, stop_server
+
+    server = start_server(tmp_path, "--dev", env={"SFU_SHARDS": "2"})
+    sessions = []
+    try:
+        pub_a = await peers.publish(server.base_url, "a")
+        pub_b = await peers.publish(server.base_url, "b")
+        view_a = await peers.watch(server.base_url, "a")
+        view_b = await peers.watch(server.base_url, "b")
+        sessions = [view_a, view_b, pub_a, pub_b]
+        await asyncio.gather(view_a.wait_frames(10), view_b.wait_frames(10))
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.base_url + "/api/rooms") as r:
+                placed = {room["name"]: room["shard"] for room in await r.json()}
+            async with http.get(server.base_url + "/api/shards") as r:
+                pids = {shard["id"]: shard["pid"] for shard in await r.json()}
+        assert placed["a"] != placed["b"], placed  # least busy shard first
+        killed_at = time.monotonic()
+        os.kill(pids[placed["a"]], signal.SIGKILL)
+        await asyncio.sleep(2.0)
+        times = [t for t in view_b.frame_times if t > killed_at - 0.5]
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        assert len(times) > 30 and max(gaps) <= 0.2, f"room b's longest gap {max(gaps, default=0):.3f} s"
+        assert server.metrics()[f'sfu_shard_restarts_total{{shard="{placed["a"]}"}}'] == 1
+        assert server.metrics()[f'sfu_shard_restarts_total{{shard="{placed["b"]}"}}'] == 0
+    finally:
+        for session in sessions:
+            await session.close()
+        stop_server(server)
