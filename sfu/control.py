@@ -86,7 +86,11 @@ class GetStats(Struct):
     pass
 
 
-Request = Union[CreateWebRtcTransport, RestartIce, CloseTransport, Produce, Consume, GetStats]
+class Ping(Struct):
+    """Are you there? Answered with None; no side effects (GetStats drains samples)."""
+
+
+Request = Union[CreateWebRtcTransport, RestartIce, CloseTransport, Produce, Consume, GetStats, Ping]
 
 # --- notifications (shard -> signalling) ----------------------------------------------
 

@@ -136,7 +136,7 @@ class Consumer:
         engine = self.transport.shard.engine
         if self._switch_asked_at is not None and engine.consumer_producer(self.slot) == self.layer.slot:
             # The engine made the move on the layer's keyframe: that wait is the switch time.
-            self.transport.shard.switch_seconds.append(now - self._switch_asked_at)
+            self.transport.shard.record_switch(now - self._switch_asked_at)
             self._switch_asked_at = None
         switching = self._switch_asked_at is not None
         estimate = self.transport.bandwidth.estimate_bps(now) or 0.0

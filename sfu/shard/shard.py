@@ -27,6 +27,7 @@ log = structlog.get_logger("sfu.shard")
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 RTCP_REPORT_INTERVAL_S = 1.0
 MAX_PROBING_CONSUMERS = 64
+SWITCH_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 SIMULCAST_INTERVAL_S = 0.25  # how often each simulcast consumer's layer is reconsidered
 
 
@@ -53,7 +54,9 @@ class Shard:
         self.consumers: dict[str, Consumer] = {}
         self.drops: Counter[str] = Counter()  # drops decided in Python (STUN, DTLS)
         self.layer_switches = 0
-        self.switch_seconds: list[float] = []  # decision -> switch, drained by each stats report
+        # Decision -> switch times, as a cumulative histogram: any number of stats readers.
+        self.switch_counts = [0] * (len(SWITCH_BUCKETS_S) + 1)
+        self.switch_sum = 0.0
         self.sock: socket.socket | None = None
         self.engine: Any = None
         self._engine_options = dict(
@@ -282,6 +285,8 @@ class Shard:
             return None
         if isinstance(body, control.GetStats):
             return self.stats()
+        if isinstance(body, control.Ping):
+            return None
         raise ValueError(f"unsupported request {type(body).__name__}")
 
     def _transport(self, transport_id: str) -> WebRtcTransport:
@@ -302,16 +307,19 @@ class Shard:
             "consumers": len(self.consumers),
             **self.engine.totals(),
             "layer_switches": self.layer_switches,
-            "switch_seconds": self._drain_switch_times(),
+            "switch_seconds": {"bounds": list(SWITCH_BUCKETS_S), "counts": list(self.switch_counts),
+                               "sum": self.switch_sum},
             "consumers_by_layer": self._consumers_by_layer(),
             "probing_consumers": self.probing,
             "drops": dict(drops),
             "jitter_seconds": {p.id: p.stats()["jitter_seconds"] for p in self.producers.values()},
         }
 
-    def _drain_switch_times(self) -> list[float]:
-        times, self.switch_seconds = self.switch_seconds, []
-        return times
+    def record_switch(self, seconds: float) -> None:
+        """One layer switch: from the decision to the keyframe that made it."""
+        self.switch_counts[next((i for i, b in enumerate(SWITCH_BUCKETS_S) if seconds <= b),
+                                len(SWITCH_BUCKETS_S))] += 1
+        self.switch_sum += seconds
 
     def _consumers_by_layer(self) -> dict[str, int]:
         """Simulcast consumers per layer rank (0 = lowest), as last decided."""

@@ -6,7 +6,6 @@ from typing import Any, Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-SWITCH_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 from prometheus_client.registry import Collector
 
 
@@ -15,9 +14,6 @@ class ShardCollector(Collector):
 
     def __init__(self) -> None:
         self.stats: list[dict[str, Any]] = []
-        # Layer switch times arrive as samples with each scrape; the histogram accumulates them.
-        self._switch_counts = [0] * (len(SWITCH_BUCKETS_S) + 1)
-        self._switch_sum = 0.0
         self.sessions: dict[str, int] = {}
         self.rooms = 0
         self.shard_restarts: dict[int, int] = {}
@@ -62,19 +58,24 @@ class ShardCollector(Collector):
             for layer, count in sorted(s.get("consumers_by_layer", {}).items()):
                 layers.add_metric([str(s["shard"]), layer], count)
         yield layers
+        # Each shard keeps its own cumulative histogram; the server's is their sum.
+        bounds: list[float] = []
+        counts: list[int] = []
+        total = 0.0
         for s in self.stats:
-            for seconds in s.get("switch_seconds", []):
-                self._switch_sum += seconds
-                i = next((i for i, b in enumerate(SWITCH_BUCKETS_S) if seconds <= b), len(SWITCH_BUCKETS_S))
-                self._switch_counts[i] += 1
-            s["switch_seconds"] = []
+            hist = s.get("switch_seconds")
+            if not hist:
+                continue
+            bounds = hist["bounds"]
+            counts = [a + b for a, b in zip(counts or [0] * len(hist["counts"]), hist["counts"])]
+            total += hist["sum"]
         cumulative, buckets = 0, []
-        for bound, count in zip([*map(str, SWITCH_BUCKETS_S), "+Inf"], self._switch_counts):
+        for bound, count in zip([*map(str, bounds), "+Inf"], counts or [0]):
             cumulative += count
             buckets.append((bound, cumulative))
         yield HistogramMetricFamily("sfu_simulcast_switch_seconds",
                                     "From a layer decision to the switch on that layer's keyframe",
-                                    buckets=buckets, sum_value=self._switch_sum)
+                                    buckets=buckets, sum_value=total)
         yield family(CounterMetricFamily, "sfu_nack_retransmissions", "Packets resent to answer NACKs", "nacks_served")
         keyframes = CounterMetricFamily("sfu_keyframe_requests", "Keyframe requests (PLI/FIR)",
                                         labels=["shard", "direction"])

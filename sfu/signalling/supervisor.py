@@ -2,7 +2,7 @@
 
 One crashed process must not end a company meeting. A shard is dead when its
 process exits, or when it stops answering the control channel: a ping
-(``GetStats``) every half second, and two in a row unanswered within their half
+(``Ping``) every half second, and two in a row unanswered within their half
 second mean it is stuck (a busy shard still answers: the ping is one small
 message on its event loop). A stuck shard is killed. Either way its sessions are
 ended (their transports died with it; WHEP/WHIP clients see ICE fail and
@@ -66,7 +66,7 @@ class ShardSupervisor:
                 if done:
                     return f"exited with status {shard.process.returncode}"
                 try:
-                    await shard.request(control.GetStats(), timeout_s=PING_TIMEOUT_S)
+                    await shard.request(control.Ping(), timeout_s=PING_TIMEOUT_S)
                     missed = 0
                 except control.ControlError:
                     missed += 1
