@@ -160,10 +160,12 @@ class Viewer:
         await self.pc.close()
 
 
-async def watch(base_url: str, room: str, *, token: str | None = None, query: str = "") -> Viewer:
+async def watch(base_url: str, room: str, *, token: str | None = None, query: str = "",
+                video: bool = True) -> Viewer:
     pc = new_peer_connection()
     pc.addTransceiver("audio", direction="recvonly")
-    pc.addTransceiver("video", direction="recvonly")
+    if video:
+        pc.addTransceiver("video", direction="recvonly")
     viewer = Viewer(pc, "", base_url)
 
     async def consume(track: MediaStreamTrack) -> None:

@@ -104,3 +104,20 @@ async def test_viewer_of_video_only_publisher_gets_an_idle_audio_line(sfu_server
     finally:
         await viewer.close()
         await publisher.close()
+
+
+async def test_audio_only_viewer_gets_audio_and_costs_no_video(sfu_server):
+    """Large rooms: a listener who offers only audio gets only audio (no video consumer)."""
+    publisher = await peers.publish(sfu_server.base_url, "radio")
+    listener = await peers.watch(sfu_server.base_url, "radio", video=False)
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while listener.audio_frames < 50 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert listener.audio_frames >= 50
+        assert listener.video_frames == 0 and "video" not in listener.ended
+        metrics = sfu_server.metrics()
+        assert metrics['sfu_consumers{shard="0"}'] == 1  # the audio track only
+    finally:
+        await listener.close()
+        await publisher.close()
