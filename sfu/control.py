@@ -108,7 +108,18 @@ class TransportStateChanged(Struct):
     reason: str = ""
 
 
-Notification = Union[Hello, TransportStateChanged]
+class LoadReport(Struct):
+    """A shard's load, once a second: what placement weighs shards by."""
+
+    shard_id: int
+    transports: int
+    consumers: int
+    packets_in_per_s: float
+    packets_out_per_s: float
+    cpu: float  # the shard process's CPU time per second of wall time (1.0 = one core)
+
+
+Notification = Union[Hello, TransportStateChanged, LoadReport]
 
 
 class RequestFrame(msgspec.Struct, tag="req"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections import Counter
 from typing import Any
 
@@ -67,6 +68,7 @@ class Shard:
         self._tick_task: asyncio.Task[None] | None = None
         self._engine_timer: asyncio.TimerHandle | None = None
         self._remb_falls_seen = 0
+        self._last_load: tuple[float, float, int, int] | None = None
         # Consumers padded at once, at most: an all-hands where hundreds join within
         # seconds must not send each of them a probe's worth of padding at the same time.
         self.max_probing = MAX_PROBING_CONSUMERS
@@ -166,10 +168,25 @@ class Shard:
 
     # --- periodic work -----------------------------------------------------------------
 
+    def _report_load(self, now: float) -> None:
+        """Tell signalling how busy this shard is (rates over the last tick)."""
+        cpu, totals = time.process_time(), self.engine.totals()
+        last = self._last_load
+        self._last_load = (now, cpu, totals["packets_in"], totals["packets_out"])
+        if last is None or now <= last[0]:
+            return
+        elapsed = now - last[0]
+        self._notify(control.LoadReport(
+            shard_id=self.id, transports=len(self.transports), consumers=len(self.consumers),
+            packets_in_per_s=(totals["packets_in"] - last[2]) / elapsed,
+            packets_out_per_s=(totals["packets_out"] - last[3]) / elapsed,
+            cpu=(cpu - last[1]) / elapsed))
+
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(RTCP_REPORT_INTERVAL_S)
             now = self.loop.time()
+            self._report_load(now)
             for transport in list(self.transports.values()):
                 if now - transport.last_seen > self.consent_timeout_s:
                     self.close_transport(transport, "consent expired")

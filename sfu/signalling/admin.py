@@ -106,6 +106,10 @@ class AdminApi:
                 return out
             out["up"] = True
             out.update({k: stats.get(k, 0) for k in SHARD_FIELDS})
+            if shard.load is not None:
+                out["load"] = {"packets_in_per_s": round(shard.load.packets_in_per_s, 1),
+                               "packets_out_per_s": round(shard.load.packets_out_per_s, 1),
+                               "cpu": round(shard.load.cpu, 3)}
             return out
 
         return web.json_response(await asyncio.gather(*(one(i) for i in range(len(self.s.shards)))))

@@ -59,14 +59,26 @@ class Signalling:
         return len(ended)
 
     def place_room(self, room: str) -> int:
-        """A room lives on one shard until inter-shard relays exist: the least busy one."""
+        """A room lives on one shard until inter-shard relays exist: the least busy one.
+
+        Busy is what the shards report (packets sent per second, then CPU), which
+        follows reality (a room of 3 peers can outweigh one of 30); until a shard has
+        reported, and to break ties, the number of sessions placed on it.
+        """
         existing = self.rooms.room(room)
         if existing is not None:
             return existing.shard
-        load = [0] * len(self.shards)
+        sessions = [0] * len(self.shards)
         for r in self.rooms.rooms.values():
-            load[r.shard] += len(r.sessions)
-        return min(range(len(self.shards)), key=load.__getitem__)
+            sessions[r.shard] += len(r.sessions)
+
+        def busy(shard_id: int) -> tuple[float, float, int]:
+            load = self.shards[shard_id].load
+            if load is None:
+                return (0.0, 0.0, sessions[shard_id])
+            return (round(load.packets_out_per_s, -2), round(load.cpu, 1), sessions[shard_id])
+
+        return min(range(len(self.shards)), key=busy)
 
     async def end_session(self, session: Session, reason: str) -> None:
         self.rooms.remove(session.id)

@@ -23,6 +23,7 @@ class ShardProcess:
         self.config = config
         self.rtc_port = config.rtc_port + shard_id
         self.fingerprint_sha256 = ""
+        self.load: control.LoadReport | None = None  # the shard's latest report (each second)
         self.process: asyncio.subprocess.Process | None = None
         self.channel: control.Channel | None = None
         self._on_notification = on_notification
@@ -73,6 +74,9 @@ class ShardProcess:
         if isinstance(body, control.Hello):
             if self._hello is not None and not self._hello.done():
                 self._hello.set_result(body)
+            return
+        if isinstance(body, control.LoadReport):
+            self.load = body
             return
         self._on_notification(self.id, body)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -66,3 +68,36 @@ async def test_admin_api_needs_an_admin_token(sfu_auth_server: SfuServer, token:
                                     headers=bearer(token) if token else {}) as r:
                 expected = 404 if status == 200 and method == "DELETE" else status
                 assert r.status == expected, (method, path, await r.text())
+
+
+async def test_shards_report_their_load_and_new_rooms_go_to_the_idle_one(tmp_path) -> None:
+    from conftest import start_server, stop_server
+
+    server = start_server(tmp_path, "--dev", env={"SFU_SHARDS": "2"})
+    sessions = []
+    try:
+        publisher = await peers.publish(server.base_url, "busy")
+        viewers = [await peers.watch(server.base_url, "busy") for _ in range(3)]
+        sessions = [*viewers, publisher]
+        await asyncio.gather(*(v.wait_frames(10) for v in viewers))
+        await asyncio.sleep(2.2)  # two load reports
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.base_url + "/api/shards") as r:
+                shards = {s["id"]: s for s in await r.json()}
+            async with http.get(server.base_url + "/api/rooms/busy") as r:
+                busy = (await r.json())["shard"]
+        idle = 1 - busy
+        assert shards[busy]["load"]["packets_out_per_s"] > 100  # 3 viewers of audio + video
+        assert shards[busy]["load"]["packets_in_per_s"] > 30
+        assert 0 < shards[busy]["load"]["cpu"] < 2
+        assert shards[idle]["load"]["packets_out_per_s"] == 0
+        # The next room goes to the idle shard.
+        other = await peers.publish(server.base_url, "quiet")
+        sessions.append(other)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.base_url + "/api/rooms/quiet") as r:
+                assert (await r.json())["shard"] == idle
+    finally:
+        for session in sessions:
+            await session.close()
+        stop_server(server)
