@@ -1653,6 +1653,41 @@ def test_layer_switch_waits_for_a_keyframe_and_keeps_the_stream_continuous(make_
     assert pics == [(300, 7), (301, 7), (302, 7), (303, 8), (304, 8)]
 
 
+def test_h264_layer_switch_waits_for_an_idr_and_keeps_the_stream_continuous(make_rig: Callable[..., Rig]) -> None:
+    """H264 simulcast: the same move, keyed on an IDR (a lone one, or the first of a STAP-A
+    or an FU-A); no picture id to rewrite, the payload passes untouched."""
+    rig = make_rig(viewers=1)
+    e = rig.engine
+    pub = rig.transport(rig.publisher)
+    e.set_transport_extensions(pub, mid=MID_ID)
+    layers = {rid: e.add_producer(pub, video=True, codec=H264, payload_type=102, clock_rate=90000,
+                                  ssrc=ssrc, mid=b"1", rid=rid) for rid, ssrc in ((b"l", 0xB1), (b"h", 0xB2))}
+    c = e.add_consumer(rig.transport(rig.viewers[0]), layers[b"l"], payload_type=100, ssrc=0x1111,
+                       first_seq=2000, first_ts=7000)
+
+    def h264(seq: int, ts: int, ssrc: int, payload: bytes) -> bytes:
+        return make_rtp(seq=seq, ts=ts, ssrc=ssrc, pt=102, payload=payload)
+
+    sps_pps_idr = make_h264_payload(None, stap_a=(7, 8, 5))
+    rig.feed(h264(10, 90000, 0xB1, sps_pps_idr))                      # the low layer starts
+    rig.feed(h264(11, 93000, 0xB1, make_h264_payload(1)))
+    e.set_consumer_producer(c, layers[b"h"])
+    rig.feed(h264(600, 50000, 0xB2, make_h264_payload(1)))            # not an IDR: no switch yet
+    rig.feed(h264(12, 96000, 0xB1, make_h264_payload(1)))
+    assert e.consumer_producer(c) == layers[b"l"]
+    idr_start = make_h264_payload(None, fu_a=5, fu_start=True)
+    rig.feed(h264(601, 53000, 0xB2, idr_start))                        # an IDR's first fragment: the switch
+    rig.feed(h264(602, 53000, 0xB2, make_h264_payload(None, fu_a=5, fu_start=False, fu_end=True)))
+    rig.feed(h264(13, 99000, 0xB1, make_h264_payload(1)))             # the old layer no longer reaches it
+    assert e.consumer_producer(c) == layers[b"h"]
+    got = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    assert [p["seq"] for p in got] == [2000, 2001, 2002, 2003, 2004]
+    assert got[3]["payload"] == idr_start
+    assert [p["ts"] - 7000 for p in got[:3]] == [0, 3000, 6000]
+    assert 1 <= (got[3]["ts"] - got[2]["ts"]) & 0xFFFFFFFF < 90000 and got[4]["ts"] == got[3]["ts"]
+    assert drops(e) == {}
+
+
 def test_nack_across_a_layer_switch(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig(viewers=1)
     e = rig.engine
