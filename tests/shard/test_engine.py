@@ -847,11 +847,11 @@ def test_a_transport_paced_at_its_own_rate(make_rig: Callable[..., Rig]) -> None
 def test_pacer_queue_overflow_drops_the_oldest(make_rig: Callable[..., Rig]) -> None:
     rig, room = _paced_rig(make_rig, burst=1)
     e = rig.engine
-    for i in range(600):
+    for i in range(1100):
         rig.feed(room.video_packet(i, keyframe=i == 0))
     assert len(rig.take(rig.viewers[0])) == 1
-    assert drops(e) == {"pacer_queue_full": 600 - 1 - 512}
-    assert e.consumer_stats(room.video_consumers[0])["paced"] == 512
+    assert drops(e) == {"pacer_queue_full": 1100 - 1 - 1024}
+    assert e.consumer_stats(room.video_consumers[0])["paced"] == 1024
     e.pacer_rate_bytes_s, e.pacer_burst_bytes = 1e12, 3000  # some 50 packets a tick
     got: list[int] = []
     for _ in range(100):
@@ -859,7 +859,7 @@ def test_pacer_queue_overflow_drops_the_oldest(make_rig: Callable[..., Rig]) -> 
         got += [read_rtp(d)["seq"] for d in rig.take(rig.viewers[0])]
         if not e.consumer_stats(room.video_consumers[0])["paced"]:
             break
-    assert got == [(VIEWERS[0].first_seq + i) & 0xFFFF for i in range(600 - 512, 600)]
+    assert got == [(VIEWERS[0].first_seq + i) & 0xFFFF for i in range(1100 - 1024, 1100)]
 
 
 def test_pacer_drops_what_the_history_lost(make_rig: Callable[..., Rig]) -> None:
@@ -1154,7 +1154,7 @@ def _pacer_case(reason: str) -> Callable[[Rig, Room], None]:
         e.pacer_enabled, e.pacer_rate_bytes_s, e.pacer_burst_bytes = True, 0.0, 1.0
         rig.feed(room.video_packet(0, keyframe=True))
         if reason == "pacer_queue_full":
-            for i in range(1, 514):
+            for i in range(1, 1026):
                 rig.feed(room.video_packet(i))
         else:
             rig.feed(room.video_packet(1))
@@ -1802,6 +1802,20 @@ def test_history_start_goes_through_the_pacer(make_rig: Callable[..., Rig]) -> N
         time.sleep(e.tick())
         total += len(rig.take(rig.viewers[0]))
     assert total == 6
+
+
+def test_a_long_gop_still_starts_from_the_history(make_rig: Callable[..., Rig]) -> None:
+    # 2.5 Mbit/s with a keyframe every 2 s is ~570 packets a GOP: all of it fits the pacer.
+    rig = make_rig(viewers=1, pacer_enabled=True, pacer_rate_bps=1e12, pacer_burst_bytes=1e9)
+    room = make_room(rig, viewers=0)
+    e = rig.engine
+    for seq in range(100, 800):
+        rig.feed(room.video_packet(seq, 0, keyframe=seq == 100))
+    room.add_viewer(0)
+    assert e.start_consumer(room.video_consumers[0]) is True
+    got = [read_rtp(d)["seq"] for d in rig.take(rig.viewers[0])]
+    assert got == [(VIEWERS[0].first_seq + i) & 0xFFFF for i in range(700)]
+    assert e.totals()["keyframe_requests_sent"] == 0 and drops(e) == {}
 
 
 # =====================================================================================
