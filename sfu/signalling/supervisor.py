@@ -5,9 +5,9 @@ process exits, or when it stops answering the control channel: a ``Ping`` every
 half second, and none answered for 1.5 s means it is stuck (a busy shard
 answers late but answers: the ping is one small message on its event loop). A
 stuck shard is killed. Either way its sessions are
-ended (their transports died with it; WHEP/WHIP clients see ICE fail and
-re-POST, as the built-in pages do) and a new shard process takes the same id and
-UDP port.
+ended (their transports died with it; WHEP/WHIP clients must POST again: the
+watch page does after 6 s without video, the publish page asks its user to press
+Start) and a new shard process takes the same id and UDP port.
 """
 
 from __future__ import annotations
