@@ -120,7 +120,7 @@ class Shard:
         by_slot = {t.slot: t for t in self.transports.values()}
         for slot in self.engine.take_remb_falls():
             transport = by_slot.get(slot)
-            if transport is None or not transport.consumers:
+            if transport is None or not any(c.simulcast for c in transport.consumers.values()):
                 continue
             try:
                 transport.update_bandwidth(now)
@@ -202,7 +202,9 @@ class Shard:
                 if producer.kind == "video":
                     producer.measure_bitrate(now)
             for transport in list(self.transports.values()):
-                if transport.consumers:
+                # Only simulcast viewers have a layer (and pacing) the estimate decides;
+                # an all-hands' thousands of single-layer viewers cost nothing here.
+                if any(c.simulcast for c in transport.consumers.values()):
                     try:
                         transport.update_bandwidth(now)
                     except Exception:

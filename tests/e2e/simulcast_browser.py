@@ -454,9 +454,10 @@ def server_summary(server: SfuServer) -> str:
 
 
 # Real links, a real browser encoder and real receivers on 2 shared cores: a run in
-# ten or so misses (a keyframe lost on the narrow link and not repaired in time). One
-# rerun; each failure is still reported, with its numbers.
-BANDWIDTH_RERUNS = 1
+# five to ten misses (a keyframe lost on the narrow link and not repaired in time, or
+# a climb that takes longer than its bound). Up to two reruns; each failure is still
+# reported, with its numbers.
+BANDWIDTH_RERUNS = 2
 
 
 @pytest.mark.flaky(reruns=BANDWIDTH_RERUNS)
