@@ -59,13 +59,12 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 import peers
+from chromium import E2E_DIR, missing_browser_dependencies
 from conftest import SfuServer, start_server, stop_server
 from sfu.auth import issue_token
 
-E2E_DIR = Path(__file__).resolve().parent
 PUBLISH_SCRIPT = E2E_DIR / "simulcast_publish.mjs"
 VIEWER_SCRIPT = E2E_DIR / "simulcast_viewer.py"
-CHROMIUM_PATH = Path("/usr/bin/chromium")
 SECRET = "simulcast-e2e-secret-0123456789abcdef"
 
 # The publisher's layers (publish.html's SIMULCAST_ENCODINGS, ceilings set by ?kbps=), low to high.
@@ -117,13 +116,7 @@ NET_ADDRESSES = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544: benchmarking 
 
 
 def check_dependencies(*, network: bool) -> None:
-    missing = []
-    if shutil.which("node") is None:
-        missing.append("node (apt-get install -y nodejs npm)")
-    if not CHROMIUM_PATH.exists():
-        missing.append(f"{CHROMIUM_PATH} (apt-get install -y chromium)")
-    if not (E2E_DIR / "node_modules" / "playwright-core").is_dir():
-        missing.append(f"playwright-core (cd {E2E_DIR} && npm ci)")
+    missing = missing_browser_dependencies()
     if shutil.which("ffmpeg") is None:
         missing.append("ffmpeg (apt-get install -y ffmpeg)")
     if network:
@@ -134,6 +127,18 @@ def check_dependencies(*, network: bool) -> None:
             missing.append("root (network namespaces and tc need CAP_NET_ADMIN)")
     if missing:
         pytest.fail("simulcast browser test dependencies missing: " + "; ".join(missing), pytrace=False)
+
+
+async def end_child(process: asyncio.subprocess.Process, timeout_s: float) -> None:
+    """Close a harness child's stdin (its signal to finish), and kill it if it dawdles."""
+    if process.returncode is None:
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 def make_camera(path: Path) -> Path:
@@ -294,14 +299,7 @@ class BrowserPublisher:
                     f"last stats: {json.dumps(self.stats[-3:], indent=1)}\nend: {self.end}\nstderr: {stderr}")
 
     async def stop(self) -> None:
-        if self.process.returncode is None:
-            assert self.process.stdin is not None
-            self.process.stdin.close()
-            try:
-                await asyncio.wait_for(self.process.wait(), 15)
-            except asyncio.TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+        await end_child(self.process, 15)
         self._reader.cancel()
 
 
@@ -372,14 +370,7 @@ class NamespaceViewer:
             await self.stop()
 
     async def stop(self) -> None:
-        if self.process.returncode is None:
-            assert self.process.stdin is not None
-            self.process.stdin.close()
-            try:
-                await asyncio.wait_for(self.process.wait(), 10)
-            except asyncio.TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+        await end_child(self.process, 10)
         try:
             await asyncio.wait_for(self._reader, 5)
         except asyncio.TimeoutError:

@@ -9,29 +9,21 @@ the test with the command that installs it, never skips it.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-E2E_DIR = Path(__file__).resolve().parent
+from chromium import E2E_DIR, missing_browser_dependencies
+
 BROWSER_SCRIPT = E2E_DIR / "browser.mjs"
-CHROMIUM_PATH = Path("/usr/bin/chromium")
 # The script gives up on its own after 30 s of polling; this bounds a hung browser.
 SCRIPT_TIMEOUT_SECONDS = 90
 
 
 def check_dependencies() -> None:
-    missing = []
-    if shutil.which("node") is None:
-        missing.append("node (apt-get install -y nodejs npm)")
-    if not CHROMIUM_PATH.exists():
-        missing.append(f"{CHROMIUM_PATH} (apt-get install -y chromium)")
-    if not (E2E_DIR / "node_modules" / "playwright-core").is_dir():
-        missing.append(f"playwright-core (cd {E2E_DIR} && npm ci)")
+    missing = missing_browser_dependencies()
     if missing:
         pytest.fail("browser test dependencies missing: " + "; ".join(missing), pytrace=False)
 
