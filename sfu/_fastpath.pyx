@@ -628,6 +628,11 @@ cdef struct ProducerRec:
     uint32_t lsr
     double lsr_at
     uint64_t bytes
+    # RFC 6464 audio levels (audio only) since the last take_audio_levels(): the sum of
+    # the 7-bit levels (-dBov), packets carrying one, and of those the ones with V set
+    uint64_t level_sum
+    uint64_t level_count
+    uint64_t level_voiced
     # NACK history (video only)
     uint8_t* ring
     uint16_t* ring_len
@@ -1091,6 +1096,7 @@ cdef class Engine:
         pr.ring_seq = NULL
         pr.consumers = NULL
         pr.cap_consumers = 0
+        pr.level_sum = pr.level_count = pr.level_voiced = 0
         pr.in_use = 0
 
     def producer_ssrc(self, int p):
@@ -1107,6 +1113,26 @@ cdef class Engine:
             "consumers": pr.n_consumers, "width": pr.width, "height": pr.height,
             "temporal_layers": pr.max_tid + 1 if pr.max_tid >= 0 else 1,
         }
+
+    def take_audio_levels(self) -> list:
+        """RFC 6464 audio levels since the last call, for active-speaker detection.
+
+        ``(producer, mean_dbov, voiced_fraction)`` for each audio producer that
+        received at least one packet with the audio-level extension since then
+        (RTX excluded): the mean level as dBov (0.0 loudest, -127.0 silence) and
+        the fraction of those packets with the voice-activity bit set. Their
+        accumulators start again from zero; producers without samples are left out.
+        """
+        cdef int p
+        cdef ProducerRec* pr
+        cdef list out = []
+        for p in range(self.n_producers):
+            pr = &self.producers[p]
+            if pr.in_use and not pr.is_video and pr.level_count:
+                out.append((p, 0.0 - <double>pr.level_sum / <double>pr.level_count,
+                            <double>pr.level_voiced / <double>pr.level_count))
+                pr.level_sum = pr.level_count = pr.level_voiced = 0
+        return out
 
     # --- control: consumers -----------------------------------------------------------
 
@@ -1479,6 +1505,11 @@ cdef class Engine:
         tr.packets_in += 1
         tr.bytes_in += n
         self._receive_stats(pr, &h, now, n)
+        if h.level_off >= 0 and not is_rtx and not pr.is_video:
+            # RFC 6464: V bit, then the level in -dBov; a retransmission was counted already.
+            pr.level_sum += buf[h.level_off] & 0x7F
+            pr.level_voiced += buf[h.level_off] >> 7
+            pr.level_count += 1
         if pr.ring != NULL:
             i = h.seq % RING
             memcpy(pr.ring + i * SLOT, buf, n)

@@ -459,7 +459,7 @@ class _Transport:
 class _Producer:
     __slots__ = ("transport", "is_video", "codec", "pt", "rtx_pt", "clock_rate", "ssrc",
                  "rtx_ssrc", "has_ssrc", "has_rtx_ssrc", "mid", "rid", "width", "height", "stats", "ring", "last_pli",
-                 "last_key_seq", "last_key_ts", "max_tid",
+                 "last_key_seq", "last_key_ts", "max_tid", "level_sum", "level_count", "level_voiced",
                  "pli_pending", "pli_sent", "pli_coalesced", "consumers")
 
 
@@ -662,6 +662,7 @@ class Engine:
         pr.last_key_ts = 0
         pr.pli_pending = False
         pr.pli_sent = pr.pli_coalesced = 0
+        pr.level_sum = pr.level_count = pr.level_voiced = 0  # RFC 6464, since take_audio_levels()
         pr.consumers = []
         p = _slot(self._producers, pr)
         if ssrc is not None:
@@ -717,6 +718,22 @@ class Engine:
             "consumers": len(pr.consumers), "width": pr.width, "height": pr.height,
             "temporal_layers": pr.max_tid + 1 if pr.max_tid >= 0 else 1,
         }
+
+    def take_audio_levels(self) -> list[tuple[int, float, float]]:
+        """RFC 6464 audio levels since the last call, for active-speaker detection.
+
+        ``(producer, mean_dbov, voiced_fraction)`` for each audio producer that
+        received at least one packet with the audio-level extension since then
+        (RTX excluded): the mean level as dBov (0.0 loudest, -127.0 silence) and
+        the fraction of those packets with the voice-activity bit set. Their
+        accumulators start again from zero; producers without samples are left out.
+        """
+        out = []
+        for p, pr in enumerate(self._producers):
+            if pr is not None and not pr.is_video and pr.level_count:
+                out.append((p, 0.0 - pr.level_sum / pr.level_count, pr.level_voiced / pr.level_count))
+                pr.level_sum = pr.level_count = pr.level_voiced = 0
+        return out
 
     # --- control: consumers -----------------------------------------------------------
 
@@ -1057,6 +1074,12 @@ class Engine:
         tr.packets_in += 1
         tr.bytes_in += n
         pr.stats.update(h.seq, h.ts, now, n)
+        if h.level_off >= 0 and not v & 1 and not pr.is_video:
+            # RFC 6464: V bit, then the level in -dBov; a retransmission was counted already.
+            level = buf[h.level_off]
+            pr.level_sum += level & 0x7F
+            pr.level_voiced += level >> 7
+            pr.level_count += 1
         packet = bytes(buf)
         if pr.ring is not None:
             pr.ring.store(h.seq, packet)
