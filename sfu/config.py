@@ -47,6 +47,15 @@ class Config:
     # Room-wide ceiling on simulcast layers, 0 = the lowest (None: none). An all-hands
     # with thousands of viewers keeps everyone at most on the middle layer (1).
     simulcast_max_layer: int | None = None
+    # Viewers fill the publisher's shard until it is full, then spill to other shards
+    # through the inter-shard relay. Full: CPU (reported each second, extrapolated to the
+    # viewers placed since) at or above shard_max_cpu, or shard_max_viewers reached (0: no
+    # fixed count).
+    shard_max_cpu: float = 0.75
+    shard_max_viewers: int = 0
+    # Draining a shard (SIGTERM to it, or POST /api/shards/{id}/drain): how long its
+    # peers get to move before it stops anyway.
+    drain_timeout_s: float = 30.0
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Config))
@@ -208,6 +217,12 @@ def _check_ranges(config: Config, origin: dict[str, str]) -> None:
         fail("pacer_rate_kbps", "must be positive")
     if config.pacer_burst_bytes < 1500:
         fail("pacer_burst_bytes", "must be at least one packet (1500)")
+    if not 0 < config.shard_max_cpu <= 1.0:
+        fail("shard_max_cpu", "must be above 0 and at most 1 (one core)")
+    if config.shard_max_viewers < 0:
+        fail("shard_max_viewers", "must not be negative (0: no fixed count)")
+    if config.drain_timeout_s < 0:
+        fail("drain_timeout_s", "must not be negative")
     if config.simulcast_max_layer is not None and not 0 <= config.simulcast_max_layer <= 2:
         fail("simulcast_max_layer", "must be 0 (lowest), 1 or 2")
 

@@ -82,6 +82,27 @@ class Consume(Struct):
     room_max_layer: int | None = None  # room-wide ceiling, 0 = the lowest layer
 
 
+class OpenRelay(Struct):
+    """Plain RTP and RTCP with another shard on this machine, both ways, over loopback.
+
+    One per pair of shards: the peer's UDP port is its address, as a viewer's would be.
+    """
+
+    relay_id: str
+    peer_host: str
+    peer_port: int
+
+
+class CloseRelay(Struct):
+    relay_id: str
+
+
+class CloseProducer(Struct):
+    """A relayed copy whose source ended (its viewers here get an RTCP BYE)."""
+
+    producer_id: str
+
+
 class GetStats(Struct):
     pass
 
@@ -90,7 +111,8 @@ class Ping(Struct):
     """Are you there? Answered with None; no side effects (GetStats drains samples)."""
 
 
-Request = Union[CreateWebRtcTransport, RestartIce, CloseTransport, Produce, Consume, GetStats, Ping]
+Request = Union[CreateWebRtcTransport, RestartIce, CloseTransport, Produce, Consume, OpenRelay, CloseRelay,
+                CloseProducer, GetStats, Ping]
 
 # --- notifications (shard -> signalling) ----------------------------------------------
 
@@ -119,7 +141,13 @@ class LoadReport(Struct):
     cpu: float  # the shard process's CPU time per second of wall time (1.0 = one core)
 
 
-Notification = Union[Hello, TransportStateChanged, LoadReport]
+class Draining(Struct):
+    """The shard was told to stop (SIGTERM): move its peers away before it exits."""
+
+    shard_id: int
+
+
+Notification = Union[Hello, TransportStateChanged, LoadReport, Draining]
 
 
 class RequestFrame(msgspec.Struct, tag="req"):

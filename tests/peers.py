@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -137,6 +138,13 @@ class Viewer:
     audio_frames: int = 0
     ended: dict[str, asyncio.Event] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Following the session's server-sent events (``watch(..., follow=True)``):
+    events: list[tuple[float, str, dict]] = field(default_factory=list)
+    moves: list[tuple[float, float]] = field(default_factory=list)  # (reconnect asked, new session's first frame)
+    token: str | None = None
+    query: str = ""
+    room: str = ""
+    video: bool = True
 
     @property
     def video_frames(self) -> int:
@@ -159,40 +167,105 @@ class Viewer:
             t.cancel()
         await self.pc.close()
 
+    def longest_gap(self, since: float) -> float:
+        times = [t for t in sorted(self.frame_times) if t >= since]
+        return max((b - a for a, b in zip(times, times[1:])), default=float("inf"))
+
+    async def _connect(self, path: str) -> tuple[RTCPeerConnection, str, str]:
+        """One WHEP session whose frames count into this viewer; (pc, location, Link header)."""
+        pc = new_peer_connection()
+        pc.addTransceiver("audio", direction="recvonly")
+        if self.video:
+            pc.addTransceiver("video", direction="recvonly")
+
+        async def consume(track: MediaStreamTrack) -> None:
+            try:
+                while True:
+                    frame = await track.recv()
+                    if track.kind == "video":
+                        self.frame_sizes.append((frame.width, frame.height))
+                        self.frame_times.append(time.monotonic())
+                    else:
+                        self.audio_frames += 1
+            except MediaStreamError:
+                self.ended[track.kind].set()
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            self.ended[track.kind] = asyncio.Event()
+            self.tasks.append(asyncio.ensure_future(consume(track)))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        status, text, headers = await _post(self.base_url, path, pc.localDescription.sdp, self.token)
+        if status != 201:
+            await pc.close()
+            raise WhipError(status, text)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
+        return pc, headers["Location"], headers.get("Link", "")
+
+    async def _follow(self, link: str) -> None:
+        """Subscribe to the session's events; on ``reconnect``, move make-before-break."""
+        url = link.split(">", 1)[0].lstrip("<")
+        async with aiohttp.ClientSession() as http:
+            async with http.post(self.base_url + url, json=["reconnect", "active", "inactive"]) as r:
+                assert r.status == 201, await r.text()
+                stream = r.headers["Location"]
+            async with http.get(self.base_url + stream, timeout=aiohttp.ClientTimeout(total=None)) as r:
+                name = None
+                async for raw in r.content:
+                    line = raw.decode().rstrip("\r\n")
+                    if line.startswith("event:"):
+                        name = line.split(":", 1)[1].strip()
+                    elif line.startswith("data:") and name:
+                        data = json.loads(line.split(":", 1)[1])
+                        self.events.append((time.monotonic(), name, data))
+                        if name == "reconnect":
+                            self.tasks.append(asyncio.ensure_future(self._move(data["url"])))
+                            return  # the new session has its own stream
+
+    async def _move(self, url: str) -> None:
+        asked = time.monotonic()
+        frames = self.video_frames
+        old_pc, old_location = self.pc, self.location
+        path = url + (f"?{self.query}" if self.query else "")
+        for attempt in range(20):
+            try:
+                pc, location, link = await self._connect(path)
+                break
+            except WhipError as exc:
+                if exc.status not in (409, 503) or attempt == 19:
+                    raise
+                await asyncio.sleep(0.25)
+        self.pc, self.location = pc, location
+        if link:
+            self.tasks.append(asyncio.ensure_future(self._follow(link)))
+        # The old session may still play (a draining shard): keep it until the new one shows a frame.
+        deadline = time.monotonic() + 10
+        start = len(self.frame_times)
+        while time.monotonic() < deadline:
+            if any(t > asked for t in self.frame_times[start:]) and self.video_frames > frames:
+                break
+            await asyncio.sleep(0.02)
+        self.moves.append((asked, time.monotonic()))
+        try:
+            await self.delete_location(old_location)
+        finally:
+            await old_pc.close()
+
+    async def delete_location(self, location: str) -> int:
+        async with aiohttp.ClientSession() as http:
+            async with http.delete(self.base_url + location) as r:
+                return r.status
+
 
 async def watch(base_url: str, room: str, *, token: str | None = None, query: str = "",
-                video: bool = True) -> Viewer:
-    pc = new_peer_connection()
-    pc.addTransceiver("audio", direction="recvonly")
-    if video:
-        pc.addTransceiver("video", direction="recvonly")
-    viewer = Viewer(pc, "", base_url)
-
-    async def consume(track: MediaStreamTrack) -> None:
-        try:
-            while True:
-                frame = await track.recv()
-                if track.kind == "video":
-                    viewer.frame_sizes.append((frame.width, frame.height))
-                    viewer.frame_times.append(time.monotonic())
-                else:
-                    viewer.audio_frames += 1
-        except MediaStreamError:
-            viewer.ended[track.kind].set()
-
-    @pc.on("track")
-    def on_track(track: MediaStreamTrack) -> None:
-        viewer.ended[track.kind] = asyncio.Event()
-        viewer.tasks.append(asyncio.ensure_future(consume(track)))
-
-    await pc.setLocalDescription(await pc.createOffer())
+                video: bool = True, follow: bool = False) -> Viewer:
+    """A WHEP viewer; ``follow``: listen to the session's events and move when told to."""
+    viewer = Viewer(None, "", base_url, token=token, query=query, room=room, video=video)  # type: ignore[arg-type]
     path = f"/whep/{room}" + (f"?{query}" if query else "")
-    status, text, headers = await _post(base_url, path, pc.localDescription.sdp, token)
-    if status != 201:
-        await pc.close()
-        raise WhipError(status, text)
-    viewer.location = headers["Location"]
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
+    viewer.pc, viewer.location, link = await viewer._connect(path)
+    if follow and link:
+        viewer.tasks.append(asyncio.ensure_future(viewer._follow(link)))
     return viewer
 
 

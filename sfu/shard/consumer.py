@@ -13,6 +13,7 @@ from ..simulcast.layer_policy import Layer, LayerPolicy, order_layers
 
 if TYPE_CHECKING:
     from .producer import Producer
+    from .relay_transport import RelayTransport
     from .webrtc_transport import WebRtcTransport
 
 
@@ -64,7 +65,7 @@ class Consumer:
     def __init__(
         self,
         consumer_id: str,
-        transport: "WebRtcTransport",
+        transport: "WebRtcTransport | RelayTransport",
         producer: "Producer",
         *,
         mid: str,

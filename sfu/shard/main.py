@@ -31,9 +31,22 @@ async def run(args: argparse.Namespace) -> None:
     channel.notify(control.Hello(shard_id=args.shard_id, pid=os.getpid(), rtc_port=port,
                                  fingerprint_sha256=shard.certificate.fingerprint_sha256))
     log.info("shard listening", rtc_host=args.rtc_host, rtc_port=port, pid=os.getpid())
-    stop = asyncio.get_running_loop().create_future()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+
+    def drain() -> None:
+        # SIGTERM: an operator (or Kubernetes) wants this shard gone. Signalling moves
+        # its peers away and then closes the channel; the deadline covers a signalling
+        # that never does.
+        log.info("draining", timeout_s=args.drain_timeout_s)
+        try:
+            channel.notify(control.Draining(shard_id=args.shard_id))
+        except control.ControlError:
+            pass
+        loop.call_later(args.drain_timeout_s + 5.0, lambda: stop.done() or stop.set_result(None))
+
+    loop.add_signal_handler(signal.SIGTERM, drain)
+    loop.add_signal_handler(signal.SIGINT, lambda: stop.done() or stop.set_result(None))
     await asyncio.wait([stop, channel.closed], return_when=asyncio.FIRST_COMPLETED)
     shard.close()
     await asyncio.sleep(0)  # let the BYE/close_notify datagrams go out
@@ -53,6 +66,7 @@ def main() -> None:
     parser.add_argument("--pacer", choices=("on", "off"), default="on")
     parser.add_argument("--pacer-rate-kbps", type=int, default=25_000)
     parser.add_argument("--pacer-burst-bytes", type=int, default=48_000)
+    parser.add_argument("--drain-timeout-s", type=float, default=30.0)
     args = parser.parse_args()
     configure_logging(args.log_level)
     uvloop.run(run(args))

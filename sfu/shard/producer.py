@@ -9,6 +9,7 @@ from .. import fastpath
 
 if TYPE_CHECKING:
     from .consumer import Consumer
+    from .relay_transport import RelayTransport
     from .webrtc_transport import WebRtcTransport
 
 BITRATE_WINDOW_S = 2.0
@@ -19,7 +20,7 @@ class Producer:
     def __init__(
         self,
         producer_id: str,
-        transport: "WebRtcTransport",
+        transport: "WebRtcTransport | RelayTransport",
         *,
         kind: str,
         codec: str,

@@ -21,6 +21,7 @@ from .. import control, fastpath
 from .consumer import Consumer
 from .dtls import DtlsCertificate
 from .producer import Producer
+from .relay_transport import RelayTransport
 from .stun import StunError, binding_success, parse_binding_request
 from .webrtc_transport import WebRtcTransport
 
@@ -49,6 +50,7 @@ class Shard:
         self.certificate = DtlsCertificate.generate()
         self.dtls_context = self.certificate.context()
         self.transports: dict[str, WebRtcTransport] = {}
+        self.relays: dict[str, RelayTransport] = {}  # to other shards, by relay id
         self.by_ufrag: dict[str, WebRtcTransport] = {}
         self.by_addr: dict[tuple[str, int], WebRtcTransport] = {}
         self.producers: dict[str, Producer] = {}
@@ -287,8 +289,32 @@ class Shard:
             if len(layers) > 1:
                 consumer.enable_simulcast(layers, body.max_layer_rid, max_width=body.max_width,
                                           max_height=body.max_height, room_max_layer=body.room_max_layer)
-            if transport.srtp is not None:
+            if transport.ready:
                 consumer.start()
+            return None
+        if isinstance(body, control.OpenRelay):
+            relay = self.relays.get(body.relay_id)
+            if relay is not None and relay.addr == (body.peer_host, body.peer_port):
+                return None
+            if relay is not None:  # the other end was restarted on another port
+                relay.close()
+            self.relays[body.relay_id] = RelayTransport(self, body.relay_id, body.peer_host, body.peer_port)
+            self.log.info("relay opened", relay=body.relay_id, peer=f"{body.peer_host}:{body.peer_port}")
+            return None
+        if isinstance(body, control.CloseRelay):
+            relay = self.relays.pop(body.relay_id, None)
+            if relay is not None:
+                for producer in relay.producers:
+                    self.producers.pop(producer.id, None)
+                relay.close()
+                self.log.info("relay closed", relay=body.relay_id)
+            return None
+        if isinstance(body, control.CloseProducer):
+            producer = self.producers.pop(body.producer_id, None)
+            if producer is not None:
+                if producer in producer.transport.producers:
+                    producer.transport.producers.remove(producer)
+                producer.close()
             return None
         if isinstance(body, control.RestartIce):
             transport = self._transport(body.transport_id)
@@ -308,8 +334,8 @@ class Shard:
             return None
         raise ValueError(f"unsupported request {type(body).__name__}")
 
-    def _transport(self, transport_id: str) -> WebRtcTransport:
-        transport = self.transports.get(transport_id)
+    def _transport(self, transport_id: str) -> WebRtcTransport | RelayTransport:
+        transport = self.transports.get(transport_id) or self.relays.get(transport_id)
         if transport is None:
             raise KeyError(f"unknown transport {transport_id}")
         return transport
@@ -322,6 +348,7 @@ class Shard:
             "pid": os.getpid(),
             "fastpath": fastpath.IMPLEMENTATION,
             "transports": len(self.transports),
+            "relays": len(self.relays),
             "producers": len(self.producers),
             "consumers": len(self.consumers),
             **self.engine.totals(),
@@ -352,6 +379,9 @@ class Shard:
     def close(self) -> None:
         for transport in list(self.transports.values()):
             self.close_transport(transport, "shard shutting down")
+        for relay in list(self.relays.values()):
+            relay.close()
+        self.relays.clear()
         if self._tick_task is not None:
             self._tick_task.cancel()
             self._simulcast_task.cancel()

@@ -149,6 +149,11 @@ class WebRtcTransport:
         self.producers.append(producer)
 
     @property
+    def ready(self) -> bool:
+        """Keys are in: consumers can start."""
+        return self.srtp is not None
+
+    @property
     def last_seen(self) -> float:
         return self.shard.engine.transport_last_seen(self.slot)
 

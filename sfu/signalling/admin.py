@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 log = get_logger("sfu.signalling.admin")
 STATS_TIMEOUT_S = 1.0
-SHARD_FIELDS = ("transports", "producers", "consumers", "packets_in", "packets_out", "bytes_in", "bytes_out")
+SHARD_FIELDS = ("transports", "relays", "producers", "consumers", "packets_in", "packets_out", "bytes_in",
+                "bytes_out")
 
 
 def session_json(session: Session) -> dict[str, Any]:
@@ -52,6 +53,7 @@ class AdminApi:
             web.get("/api/peers", self.peers),
             web.delete("/api/peers/{peer}", self.close_peer),
             web.get("/api/shards", self.shards),
+            web.post("/api/shards/{shard}/drain", self.drain),
         ]
 
     def _authorize(self, request: web.Request) -> None:
@@ -99,6 +101,8 @@ class AdminApi:
                 "restarts": self.s.supervisor.restarts.get(shard_id, 0), "up": False,
                 "rooms": sum(1 for r in self.s.rooms.rooms.values() if r.shard == shard_id),
                 "peers": sum(1 for p in self.s.rooms.sessions.values() if p.shard == shard_id),
+                "viewers": self.s.rooms.viewers_by_shard[shard_id],
+                "draining": shard_id in self.s.supervisor.draining,
             }
             try:
                 stats = await shard.request(control.GetStats(), timeout_s=STATS_TIMEOUT_S)
@@ -113,3 +117,18 @@ class AdminApi:
             return out
 
         return web.json_response(await asyncio.gather(*(one(i) for i in range(len(self.s.shards)))))
+
+    async def drain(self, request: web.Request) -> web.Response:
+        """Move a shard's peers elsewhere, then restart it fresh (202: it runs in the background)."""
+        self._authorize(request)
+        raw = request.match_info["shard"]
+        if not raw.isdigit() or int(raw) >= len(self.s.shards):
+            raise web.HTTPNotFound(text="no such shard\n")
+        shard_id = int(raw)
+        if len(self.s.shards) < 2:
+            raise web.HTTPConflict(text="the only shard cannot drain: there is nowhere to move its peers\n")
+        if not self.s.supervisor.start_drain(shard_id, "drain asked through the admin API"):
+            raise web.HTTPConflict(text=f"shard {shard_id} is already draining or down\n")
+        peers = sum(1 for p in self.s.rooms.sessions.values() if p.shard == shard_id)
+        return web.json_response({"shard": shard_id, "peers": peers, "timeout_s": self.s.config.drain_timeout_s},
+                                 status=202)

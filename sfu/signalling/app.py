@@ -14,9 +14,12 @@ from .. import control
 from ..config import Config
 from ..logs import get_logger
 from .admin import AdminApi
+from .events import EventStreams
 from .metrics import ShardCollector
+from .placement import ShardState, place_publisher, place_viewer
+from .relays import Relays
 from .resources import Resources
-from .rooms import RoomRegistry, Session
+from .rooms import Room, RoomRegistry, Session
 from .shard_process import ShardProcess
 from .supervisor import ShardSupervisor
 
@@ -33,6 +36,8 @@ class Signalling:
         self.collector = ShardCollector()
         self.registry.register(self.collector)
         self.supervisor = ShardSupervisor(self, self._new_shard)
+        self.relays = Relays(self)
+        self.events = EventStreams()
 
     def _new_shard(self, shard_id: int) -> ShardProcess:
         return ShardProcess(shard_id, self.config, self.on_shard_notification)
@@ -46,47 +51,73 @@ class Signalling:
             self.supervisor.watch(shard_id)
 
     async def stop_shards(self) -> None:
+        self.events.close_all()
         await self.supervisor.stop()
         await asyncio.gather(*(s.stop(self.config.shutdown_timeout_s * 0.75) for s in self.shards))
 
     def end_sessions_on_shard(self, shard_id: int, reason: str) -> int:
-        """Forget every session of a shard that died: their transports went with it."""
+        """Forget every session of a shard that died (their transports went with it) and
+        tell each client, where it listens, to POST again: placement skips the dead shard."""
         ended = [s for s in self.rooms.sessions.values() if s.shard == shard_id]
+        self.relays.shard_died(shard_id)
         for session in ended:
-            self.rooms.remove(session.id)
-            log.info("session ended", room=session.room, peer=session.id, kind=session.kind, reason=reason,
-                     shard=shard_id)
+            self.forget_session(session, reason, reconnect=True)
         return len(ended)
 
-    def place_room(self, room: str) -> int:
-        """A room lives on one shard until inter-shard relays exist: the least busy one.
+    def shard_states(self) -> list[ShardState]:
+        return [ShardState(
+            id=shard.id,
+            available=(shard.channel is not None and shard.process is not None
+                       and shard.process.returncode is None and shard.id not in self.supervisor.draining
+                       and shard.id not in self.supervisor.dead),
+            viewers=self.rooms.viewers_by_shard[shard.id], sessions=self.rooms.sessions_by_shard[shard.id],
+            consumers=self.rooms.consumers_by_shard[shard.id],
+            load=shard.load) for shard in self.shards]
 
-        Busy is what the shards report (packets sent per second, then CPU), which
-        follows reality (a room of 3 peers can outweigh one of 30); until a shard has
-        reported, and to break ties, the number of sessions placed on it.
-        """
+    def place_room(self, room: str) -> int | None:
+        """Publishers of a room share its home shard (the least busy when the room began);
+        a home that died or drains is replaced for the next publisher."""
+        states = self.shard_states()
         existing = self.rooms.room(room)
-        if existing is not None:
+        if existing is not None and states[existing.shard].available:
             return existing.shard
-        sessions = [0] * len(self.shards)
-        for r in self.rooms.rooms.values():
-            sessions[r.shard] += len(r.sessions)
+        shard = place_publisher(states)
+        if existing is not None and shard is not None:
+            existing.shard = shard
+        return shard
 
-        def busy(shard_id: int) -> tuple[float, float, int]:
-            load = self.shards[shard_id].load
-            if load is None:
-                return (0.0, 0.0, sessions[shard_id])
-            return (round(load.packets_out_per_s, -2), round(load.cpu, 1), sessions[shard_id])
-
-        return min(range(len(self.shards)), key=busy)
+    def place_viewer(self, room: Room) -> int | None:
+        carrying = {shard for p in room.producers() for shard in p.copies}
+        return place_viewer(self.shard_states(), room.shard, carrying,
+                            max_cpu=self.config.shard_max_cpu, max_viewers=self.config.shard_max_viewers)
 
     async def end_session(self, session: Session, reason: str) -> None:
-        self.rooms.remove(session.id)
+        self.forget_session(session, reason)
         try:
             await self.shards[session.shard].request(control.CloseTransport(transport_id=session.id))
         except control.ControlError:
             pass
-        log.info("session ended", room=session.room, peer=session.id, kind=session.kind, reason=reason)
+
+    def forget_session(self, session: Session, reason: str, *, reconnect: bool = False) -> None:
+        """The one way a session ends here: registry, event streams, relayed copies, room events."""
+        if self.rooms.remove(session.id) is None:
+            return
+        if reconnect:
+            self.events.send(session.id, "reconnect", {"url": f"/{session.kind}/{session.room}", "reason": reason})
+        self.events.end(session.id)
+        log.info("session ended", room=session.room, peer=session.id, kind=session.kind, reason=reason,
+                 shard=session.shard)
+        if session.kind == "whip":
+            for producer in session.producers:
+                self.relays.producer_ended(producer)
+            room = self.rooms.room(session.room)
+            if room is not None and not room.producers():
+                self.room_event(room, "inactive", {"reason": reason})
+
+    def room_event(self, room: Room, event: str, data: dict[str, Any]) -> None:
+        for session in list(room.sessions.values()):
+            if session.kind == "whep":
+                self.events.send(session.id, event, data)
 
     def on_shard_notification(self, shard_id: int, body: Any) -> None:
         if isinstance(body, control.TransportStateChanged):
@@ -96,9 +127,9 @@ class Signalling:
             if body.state == "connected":
                 session.connected = True
             elif body.state in ("closed", "failed"):
-                self.rooms.remove(session.id)
-                log.info("session ended", room=session.room, peer=session.id, kind=session.kind,
-                         reason=body.reason, shard=shard_id)
+                self.forget_session(session, body.reason)
+        elif isinstance(body, control.Draining):
+            self.supervisor.start_drain(shard_id, "shard got SIGTERM")
 
     # --- plain endpoints ---------------------------------------------------------------
 
@@ -118,6 +149,9 @@ class Signalling:
         self.collector.rooms = len(self.rooms.rooms)
         self.collector.shard_restarts = dict(self.supervisor.restarts)
         self.collector.shard_ids = [s.id for s in self.shards]
+        self.collector.drains = self.supervisor.drains
+        self.collector.relay_copies = self.relays.copies_made
+        self.collector.events_sent = self.events.sent
         return web.Response(body=generate_latest(self.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 

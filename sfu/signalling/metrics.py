@@ -18,6 +18,9 @@ class ShardCollector(Collector):
         self.rooms = 0
         self.shard_restarts: dict[int, int] = {}
         self.shard_ids: list[int] = []
+        self.drains = 0
+        self.relay_copies = 0
+        self.events_sent = 0
 
     def collect(self) -> Iterable[Any]:
         sessions = GaugeMetricFamily("sfu_peers", "Peers with a live session", labels=["kind"])
@@ -35,6 +38,12 @@ class ShardCollector(Collector):
         for shard_id in self.shard_ids:
             up.add_metric([str(shard_id)], 1 if shard_id in answered else 0)
         yield up
+        yield CounterMetricFamily("sfu_shard_drains", "Shards drained (peers moved, then restarted fresh)",
+                                  value=self.drains)
+        yield CounterMetricFamily("sfu_relay_copies", "Tracks copied to another shard through the relay",
+                                  value=self.relay_copies)
+        yield CounterMetricFamily("sfu_session_events", "Server-sent events queued to clients (reconnect, ...)",
+                                  value=self.events_sent)
 
         def family(cls: type, name: str, doc: str, key: str) -> Any:
             metric = cls(name, doc, labels=["shard"])
@@ -43,6 +52,7 @@ class ShardCollector(Collector):
             return metric
 
         yield family(GaugeMetricFamily, "sfu_transports", "WebRTC transports", "transports")
+        yield family(GaugeMetricFamily, "sfu_relays", "Relay transports to other shards", "relays")
         yield family(GaugeMetricFamily, "sfu_producers", "Producers (published tracks)", "producers")
         yield family(GaugeMetricFamily, "sfu_consumers", "Consumers (delivered tracks)", "consumers")
         yield family(CounterMetricFamily, "sfu_rtp_packets_received", "RTP packets received from publishers", "packets_in")

@@ -105,6 +105,9 @@ class Resources:
             web.post("/whep/{room}", self.post_whep),
             web.patch("/{kind:whip|whep}/{room}/{session}", self.patch),
             web.delete("/{kind:whip|whep}/{room}/{session}", self.delete),
+            web.options("/{kind:whip|whep}/{room}/{session}/sse", self.options),
+            web.post("/{kind:whip|whep}/{room}/{session}/sse", self.post_events),
+            web.get("/{kind:whip|whep}/{room}/{session}/sse/{stream}", self.get_events),
         ]
 
     # --- helpers -----------------------------------------------------------------------
@@ -154,6 +157,7 @@ class Resources:
         )
         return web.Response(status=status, text=sdp, content_type=SDP, headers={
             **CORS, "Location": session.location, "ETag": session.etag, "Accept-Patch": SDPFRAG,
+            "Link": self.s.events.link(session.location),
         })
 
     async def _create_transport(self, room: str, kind: str, offer: Offer, shard_id: int) -> Session:
@@ -189,7 +193,12 @@ class Resources:
         except SdpError as exc:
             return error(exc.status, exc.reason)
         shard_id = self.s.place_room(room)
-        session = await self._create_transport(room, "whip", offer, shard_id)
+        if shard_id is None:
+            return error(503, "no shard is available", **{"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            session = await self._create_transport(room, "whip", offer, shard_id)
+        except control.ControlError as exc:
+            return error(503, f"shard unavailable: {exc}")
         shard = self.s.shards[shard_id]
         try:
             for m in media:
@@ -202,7 +211,7 @@ class Resources:
                 for rid in m.recv_rids or [""]:
                     producer = ProducerInfo(id=secrets.token_urlsafe(12), kind=o.kind, codec=m.codec,
                                             cname=o.cname or session.id, stream_id=session.id,
-                                            track_id=track_id, rid=rid)
+                                            track_id=track_id, rid=rid, room=room, shard=shard_id)
                     await shard.request(control.Produce(
                         transport_id=session.id, producer_id=producer.id, kind=o.kind, codec=m.codec.name,
                         mid=o.mid, payload_type=m.codec.payload_type, clock_rate=m.codec.clock_rate,
@@ -214,8 +223,11 @@ class Resources:
         except control.ControlError as exc:
             await shard.request(control.CloseTransport(transport_id=session.id))
             return error(503, f"shard unavailable: {exc}")
+        was_active = bool(self.s.rooms.room(room) and self.s.rooms.room(room).producers())
         self.s.rooms.get_or_create(room, shard_id)
         self.s.rooms.add(session)
+        if not was_active and session.producers:
+            self.s.room_event(self.s.rooms.rooms[room], "active", {})
         log.info("publisher joined", room=room, peer=session.id, shard=shard_id,
                  tracks=[f"{p.kind}/{p.codec.name}" for p in session.producers])
         return self._answer(session, offer, media)
@@ -249,17 +261,30 @@ class Resources:
             media, matches = answer_subscribe(offer, tracks)
         except SdpError as exc:
             return error(exc.status, exc.reason)
-        session = await self._create_transport(room_name, "whep", offer, room.shard)
-        shard = self.s.shards[room.shard]
+        shard_id = self.s.place_viewer(room)
+        if shard_id is None:
+            return error(503, "no shard is available", **{"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            # Away from the publisher's shard, each track (every layer of a simulcast
+            # one) arrives through the relay: copied once per shard, then shared.
+            local: dict[str, str] = {}
+            for chosen in producers:
+                for p in published:
+                    if p is chosen or (chosen.track_id and p.track_id == chosen.track_id):
+                        local[p.id] = await self.s.relays.copy_on(p, shard_id)
+            session = await self._create_transport(room_name, "whep", offer, shard_id)
+        except control.ControlError as exc:
+            return error(503, f"shard unavailable: {exc}")
+        shard = self.s.shards[shard_id]
         try:
             for index, track, codec in matches:
                 m = media[index]
                 consumer_id = secrets.token_urlsafe(12)
                 nack = "nack" in codec.rtcp_fb
                 chosen = by_track[id(track)]
-                layers = [p.id for p in published if chosen.track_id and p.track_id == chosen.track_id]
+                layers = [local[p.id] for p in published if chosen.track_id and p.track_id == chosen.track_id]
                 await shard.request(control.Consume(
-                    transport_id=session.id, consumer_id=consumer_id, producer_id=chosen.id,
+                    transport_id=session.id, consumer_id=consumer_id, producer_id=local[chosen.id],
                     layer_producer_ids=layers if len(layers) > 1 else [], max_layer_rid=layer,
                     max_width=size[0], max_height=size[1], room_max_layer=self.s.config.simulcast_max_layer,
                     mid=m.offer.mid, payload_type=codec.payload_type, ssrc=track.send_ssrc,
@@ -269,10 +294,13 @@ class Resources:
                 ))
                 session.consumer_ids.append(consumer_id)
         except control.ControlError as exc:
-            await shard.request(control.CloseTransport(transport_id=session.id))
+            try:
+                await shard.request(control.CloseTransport(transport_id=session.id))
+            except control.ControlError:
+                pass
             return error(503, f"shard unavailable: {exc}")
         self.s.rooms.add(session)
-        log.info("viewer joined", room=room_name, peer=session.id, shard=room.shard,
+        log.info("viewer joined", room=room_name, peer=session.id, shard=shard_id,
                  tracks=len(session.consumer_ids))
         return self._answer(session, offer, media)
 
@@ -321,6 +349,20 @@ class Resources:
                 "a=end-of-candidates\r\n")
         return web.Response(status=200, text=body, content_type=SDPFRAG,
                             headers={**CORS, "ETag": session.etag})
+
+    async def post_events(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        if isinstance(session, web.Response):
+            return session
+        denied = self._authorize(request, session.room, "publish" if session.kind == "whip" else "subscribe")
+        if denied is not None:
+            return denied
+        return self.s.events.subscribe(session.id, session.location, await request.content.read(4096))
+
+    async def get_events(self, request: web.Request) -> web.StreamResponse:
+        # The stream id is the capability (it was handed out to an authorised POST), and
+        # the stream must outlive the session: its last event may be "reconnect".
+        return await self.s.events.stream(request, request.match_info["session"], request.match_info["stream"])
 
     async def delete(self, request: web.Request) -> web.Response:
         session = self._session(request)

@@ -6,6 +6,7 @@ Embedded in memory; a later issue puts the same interface on Redis for clusters.
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .sdp import Codec
@@ -22,6 +23,13 @@ class ProducerInfo:
     stream_id: str
     track_id: str = ""
     rid: str = ""
+    room: str = ""
+    shard: int = 0  # where the publisher's packets arrive
+    copies: dict[int, str] = field(default_factory=dict)  # shard -> id of the relayed copy there
+
+    def id_on(self, shard: int) -> str | None:
+        """This producer's id on ``shard``: itself at home, else its relayed copy, if any."""
+        return self.id if shard == self.shard else self.copies.get(shard)
 
 
 @dataclass
@@ -64,6 +72,10 @@ class RoomRegistry:
     def __init__(self) -> None:
         self.rooms: dict[str, Room] = {}
         self.sessions: dict[str, Session] = {}
+        # Per shard, kept as sessions come and go: placement reads them on every join.
+        self.viewers_by_shard: Counter[int] = Counter()
+        self.sessions_by_shard: Counter[int] = Counter()
+        self.consumers_by_shard: Counter[int] = Counter()
 
     def room(self, name: str) -> Room | None:
         return self.rooms.get(name)
@@ -77,11 +89,19 @@ class RoomRegistry:
     def add(self, session: Session) -> None:
         self.sessions[session.id] = session
         self.rooms[session.room].sessions[session.id] = session
+        self.sessions_by_shard[session.shard] += 1
+        if session.kind == "whep":
+            self.viewers_by_shard[session.shard] += 1
+        self.consumers_by_shard[session.shard] += len(session.consumer_ids)
 
     def remove(self, session_id: str) -> Session | None:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return None
+        self.sessions_by_shard[session.shard] -= 1
+        if session.kind == "whep":
+            self.viewers_by_shard[session.shard] -= 1
+        self.consumers_by_shard[session.shard] -= len(session.consumer_ids)
         room = self.rooms.get(session.room)
         if room is not None:
             room.sessions.pop(session_id, None)

@@ -48,6 +48,7 @@ class ShardProcess:
             "--pacer", "on" if self.config.pacer else "off",
             "--pacer-rate-kbps", str(self.config.pacer_rate_kbps),
             "--pacer-burst-bytes", str(self.config.pacer_burst_bytes),
+            "--drain-timeout-s", str(self.config.drain_timeout_s),
         )
         wait_exit = loop.create_task(self.process.wait())
         done, _ = await asyncio.wait([self._hello, wait_exit], timeout=HELLO_TIMEOUT_S,
@@ -86,9 +87,13 @@ class ShardProcess:
         return await self.channel.request(body, timeout_s)
 
     async def stop(self, timeout_s: float = 1.5) -> None:
-        """SIGTERM: the shard closes its peers and frees its port; SIGKILL if it dawdles."""
+        """Close the control channel: the shard closes its peers and frees its port; SIGKILL
+        if it dawdles. (SIGTERM to a shard means "drain", which is for operators.)"""
         if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
+            if self.channel is not None:
+                self.channel.close()
+            else:
+                self.process.send_signal(signal.SIGTERM)  # not connected yet: no drain to do
             try:
                 await asyncio.wait_for(self.process.wait(), timeout_s)
             except asyncio.TimeoutError:

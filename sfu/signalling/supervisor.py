@@ -5,9 +5,14 @@ process exits, or when it stops answering the control channel: a ``Ping`` every
 half second, and none answered for 1.5 s means it is stuck (a busy shard
 answers late but answers: the ping is one small message on its event loop). A
 stuck shard is killed. Either way its sessions are
-ended (their transports died with it; WHEP/WHIP clients must POST again: the
-watch page does after 6 s without video, the publish page asks its user to press
-Start) and a new shard process takes the same id and UDP port.
+ended (their transports died with it), each client listening to its session's
+events is told to ``reconnect`` (placement then skips the dead shard), and a new
+shard process takes the same id and UDP port.
+
+Draining (SIGTERM to a shard, or the admin API) is the planned version: the
+shard takes no new peers, its clients are told to reconnect while their old
+session still plays (make-before-break), and once they have all moved, or the
+drain timeout passed, it is stopped and replaced by a fresh process.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ class ShardSupervisor:
         self._make_shard = make_shard
         self.restarts: dict[int, int] = {}
         self.deaths: dict[int, float] = {}  # shard id -> when its last death was noticed (monotonic)
+        self.dead: set[int] = set()  # died, not yet replaced
+        self.draining: set[int] = set()
+        self.drains = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -94,16 +102,53 @@ class ShardSupervisor:
             for task in list(pings):
                 task.cancel()
 
+    def start_drain(self, shard_id: int, reason: str) -> bool:
+        """Begin draining ``shard_id`` in the background; False if it already is."""
+        if shard_id in self.draining or shard_id in self.dead or not 0 <= shard_id < len(self.s.shards):
+            return False
+        self.draining.add(shard_id)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._drain(shard_id, reason)))
+        return True
+
+    async def _drain(self, shard_id: int, reason: str) -> None:
+        shard = self.s.shards[shard_id]
+        sessions = [s for s in self.s.rooms.sessions.values() if s.shard == shard_id]
+        log.info("shard draining", shard=shard_id, reason=reason, sessions=len(sessions),
+                 timeout_s=self.s.config.drain_timeout_s)
+        # Viewers first: a publisher that moves ends its tracks here, and the viewers
+        # still on this shard would see that as a gap rather than a move.
+        for session in sorted(sessions, key=lambda s: s.kind == "whip"):
+            self.s.events.send(session.id, "reconnect", {
+                "url": f"/{session.kind}/{session.room}", "reason": f"shard {shard_id} is draining"})
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.s.config.drain_timeout_s
+        while loop.time() < deadline and self.s.rooms.viewers_by_shard[shard_id] + sum(
+                1 for s in self.s.rooms.sessions.values() if s.shard == shard_id and s.kind == "whip"):
+            await asyncio.sleep(0.1)
+        left = [s for s in self.s.rooms.sessions.values() if s.shard == shard_id]
+        log.info("shard drained", shard=shard_id, seconds=round(loop.time() - started, 3), stayed=len(left))
+        self.drains += 1
+        if self.s.shards[shard_id] is shard:
+            await shard.stop(self.s.config.shutdown_timeout_s)  # the watch loop replaces it
+
     async def _replace(self, shard_id: int, reason: str) -> None:
         old = self.s.shards[shard_id]
         died_at = time.monotonic()
+        drained = shard_id in self.draining
         count = self.restarts.get(shard_id, 0)
-        log.error("shard died", shard=shard_id, pid=old.process.pid if old.process else None, reason=reason,
-                  restarts=count)
-        self.deaths[shard_id] = died_at
-        ended = self.s.end_sessions_on_shard(shard_id, f"shard {shard_id} died")
+        if drained:
+            log.info("shard stopped after draining", shard=shard_id, pid=old.process.pid if old.process else None)
+        else:
+            log.error("shard died", shard=shard_id, pid=old.process.pid if old.process else None, reason=reason,
+                      restarts=count)
+            self.deaths[shard_id] = died_at
+        self.dead.add(shard_id)
+        ended = self.s.end_sessions_on_shard(
+            shard_id, f"shard {shard_id} drained" if drained else f"shard {shard_id} died")
         await old.stop(0.1)
-        await asyncio.sleep(RESTART_BACKOFF_S[min(count, len(RESTART_BACKOFF_S) - 1)])
+        if not drained:
+            await asyncio.sleep(RESTART_BACKOFF_S[min(count, len(RESTART_BACKOFF_S) - 1)])
         while not self._stopping:
             fresh = self._make_shard(shard_id)
             try:
@@ -113,7 +158,11 @@ class ShardSupervisor:
                 await asyncio.sleep(RESTART_BACKOFF_S[-1])
                 continue
             self.s.shards[shard_id] = fresh
-            self.restarts[shard_id] = count + 1
+            self.dead.discard(shard_id)
+            if drained:
+                self.draining.discard(shard_id)
+            else:
+                self.restarts[shard_id] = count + 1
             log.info("shard restarted", shard=shard_id, pid=fresh.process.pid if fresh.process else None,
                      sessions_ended=ended, seconds=round(time.monotonic() - died_at, 3))
             return
