@@ -103,6 +103,14 @@ class CloseProducer(Struct):
     producer_id: str
 
 
+class Retarget(Struct):
+    """Show another track on a consumer (last-N: a new speaker), switching on its keyframe."""
+
+    consumer_id: str
+    producer_id: str
+    layer_producer_ids: list[str] = []  # the new track's layers, if simulcast
+
+
 class GetStats(Struct):
     pass
 
@@ -112,7 +120,7 @@ class Ping(Struct):
 
 
 Request = Union[CreateWebRtcTransport, RestartIce, CloseTransport, Produce, Consume, OpenRelay, CloseRelay,
-                CloseProducer, GetStats, Ping]
+                CloseProducer, Retarget, GetStats, Ping]
 
 # --- notifications (shard -> signalling) ----------------------------------------------
 
@@ -147,7 +155,14 @@ class Draining(Struct):
     shard_id: int
 
 
-Notification = Union[Hello, TransportStateChanged, LoadReport, Draining]
+class AudioLevels(Struct):
+    """Each half second: the published audio tracks heard on this shard (RFC 6464),
+    as (producer id, mean dBov, fraction of packets marked voice)."""
+
+    levels: list[tuple[str, float, float]]
+
+
+Notification = Union[Hello, TransportStateChanged, LoadReport, Draining, AudioLevels]
 
 
 class RequestFrame(msgspec.Struct, tag="req"):

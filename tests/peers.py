@@ -56,8 +56,9 @@ class ToneTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self) -> None:
+    def __init__(self, amplitude: int = 8000) -> None:
         super().__init__()
+        self.amplitude = amplitude  # 0: silence (-127 dBov); change it to start or stop "speaking"
         self._samples = 0
         self._start: float | None = None
 
@@ -69,7 +70,7 @@ class ToneTrack(MediaStreamTrack):
         if wait > 0:
             await asyncio.sleep(wait)
         t = (np.arange(n) + self._samples) / rate
-        data = (np.sin(2 * math.pi * 440 * t) * 8000).astype(np.int16).reshape(1, -1)
+        data = (np.sin(2 * math.pi * 440 * t) * self.amplitude).astype(np.int16).reshape(1, -1)
         frame = AudioFrame.from_ndarray(data, format="s16", layout="mono")
         frame.sample_rate = rate
         frame.pts = self._samples
@@ -100,6 +101,7 @@ class Publisher:
     location: str
     base_url: str
     video: MovingSquareTrack | None
+    audio: ToneTrack | None = None
 
     async def delete(self) -> int:
         async with aiohttp.ClientSession() as http:
@@ -111,11 +113,14 @@ class Publisher:
 
 
 async def publish(base_url: str, room: str, *, video: bool = True, audio: bool = True,
-                  token: str | None = None, size: tuple[int, int] = (VIDEO_WIDTH, VIDEO_HEIGHT)) -> Publisher:
+                  token: str | None = None, size: tuple[int, int] = (VIDEO_WIDTH, VIDEO_HEIGHT),
+                  amplitude: int = 8000) -> Publisher:
     pc = new_peer_connection()
     track = None
+    tone = None
     if audio:
-        pc.addTransceiver(ToneTrack(), direction="sendonly")
+        tone = ToneTrack(amplitude)
+        pc.addTransceiver(tone, direction="sendonly")
     if video:
         track = MovingSquareTrack(*size)
         pc.addTransceiver(track, direction="sendonly")
@@ -125,7 +130,7 @@ async def publish(base_url: str, room: str, *, video: bool = True, audio: bool =
         await pc.close()
         raise WhipError(status, text)
     await pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
-    return Publisher(pc, headers["Location"], base_url, track)
+    return Publisher(pc, headers["Location"], base_url, track, tone)
 
 
 @dataclass
@@ -145,6 +150,7 @@ class Viewer:
     query: str = ""
     room: str = ""
     video: bool = True
+    frames_by_pc: dict[int, int] = field(default_factory=dict)  # id(pc) -> video frames it decoded
 
     @property
     def video_frames(self) -> int:
@@ -185,6 +191,7 @@ class Viewer:
                     if track.kind == "video":
                         self.frame_sizes.append((frame.width, frame.height))
                         self.frame_times.append(time.monotonic())
+                        self.frames_by_pc[id(pc)] = self.frames_by_pc.get(id(pc), 0) + 1
                     else:
                         self.audio_frames += 1
             except MediaStreamError:
@@ -225,7 +232,6 @@ class Viewer:
 
     async def _move(self, url: str) -> None:
         asked = time.monotonic()
-        frames = self.video_frames
         old_pc, old_location = self.pc, self.location
         path = url + (f"?{self.query}" if self.query else "")
         for attempt in range(20):
@@ -241,10 +247,7 @@ class Viewer:
             self.tasks.append(asyncio.ensure_future(self._follow(link)))
         # The old session may still play (a draining shard): keep it until the new one shows a frame.
         deadline = time.monotonic() + 10
-        start = len(self.frame_times)
-        while time.monotonic() < deadline:
-            if any(t > asked for t in self.frame_times[start:]) and self.video_frames > frames:
-                break
+        while time.monotonic() < deadline and not self.frames_by_pc.get(id(pc)):
             await asyncio.sleep(0.02)
         self.moves.append((asked, time.monotonic()))
         try:
@@ -427,3 +430,121 @@ class RawPeer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class RoomClient:
+    """A participant of the room WebSocket API (``/ws/{room}``), media through aiortc."""
+
+    def __init__(self, base_url: str, room: str) -> None:
+        self.url = base_url.replace("http://", "ws://") + f"/ws/{room}"
+        self.http: aiohttp.ClientSession | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.events: list[dict] = []
+        self._replies: dict[int, asyncio.Future[dict]] = {}
+        self._ids = 0
+        self._reader: asyncio.Task[None] | None = None
+        self.pcs: list[RTCPeerConnection] = []
+        self.participant = ""
+        self.viewer: Viewer | None = None  # frames of what this participant subscribed to
+
+    async def connect(self) -> None:
+        self.http = aiohttp.ClientSession()
+        self.ws = await self.http.ws_connect(self.url)
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            data = json.loads(msg.data)
+            fut = self._replies.pop(data.get("id"), None) if "id" in data else None
+            if fut is not None and not fut.done():
+                fut.set_result(data)
+            else:
+                self.events.append(data)
+
+    async def request(self, message: dict, timeout_s: float = 10.0) -> dict:
+        assert self.ws is not None
+        self._ids += 1
+        fut = asyncio.get_running_loop().create_future()
+        self._replies[self._ids] = fut
+        await self.ws.send_str(json.dumps({**message, "id": self._ids}))
+        return await asyncio.wait_for(fut, timeout_s)
+
+    async def join(self, name: str = "", token: str | None = None) -> dict:
+        await self.connect()
+        message: dict = {"type": "join", "name": name}
+        if token:
+            message["token"] = token
+        reply = await self.request(message)
+        self.participant = reply.get("participant", "")
+        return reply
+
+    async def publish(self, *, size: tuple[int, int] = (VIDEO_WIDTH, VIDEO_HEIGHT), amplitude: int = 8000
+                      ) -> tuple[dict, ToneTrack]:
+        pc = new_peer_connection()
+        tone = ToneTrack(amplitude)
+        pc.addTransceiver(tone, direction="sendonly")
+        pc.addTransceiver(MovingSquareTrack(*size), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        reply = await self.request({"type": "publish", "sdp": pc.localDescription.sdp})
+        if reply["type"] == "published":
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+        self.pcs.append(pc)
+        return reply, tone
+
+    async def subscribe(self, *, audio: int = 1, video: int = 1, **options: object) -> dict:
+        viewer = self.viewer or Viewer(None, "", "")  # type: ignore[arg-type]
+        self.viewer = viewer
+        pc = new_peer_connection()
+        for _ in range(audio):
+            pc.addTransceiver("audio", direction="recvonly")
+        for _ in range(video):
+            pc.addTransceiver("video", direction="recvonly")
+
+        async def consume(track: MediaStreamTrack) -> None:
+            try:
+                while True:
+                    frame = await track.recv()
+                    if track.kind == "video":
+                        viewer.frame_sizes.append((frame.width, frame.height))
+                        viewer.frame_times.append(time.monotonic())
+                    else:
+                        viewer.audio_frames += 1
+            except MediaStreamError:
+                pass
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            viewer.tasks.append(asyncio.ensure_future(consume(track)))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        reply = await self.request({"type": "subscribe", "sdp": pc.localDescription.sdp, **options})
+        if reply["type"] == "subscribed":
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+        self.pcs.append(pc)
+        return reply
+
+    async def wait_event(self, kind: str, timeout_s: float = 10.0, **match: object) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for event in self.events:
+                if event.get("type") == kind and all(event.get(k) == v for k, v in match.items()):
+                    return event
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {kind} event {match} in {timeout_s} s; got {self.events}")
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        if self.viewer is not None:
+            for t in self.viewer.tasks:
+                t.cancel()
+        for pc in self.pcs:
+            await pc.close()
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+        if self.http is not None:
+            await self.http.close()

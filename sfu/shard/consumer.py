@@ -201,6 +201,33 @@ class Consumer:
             self.layer_switches += 1
             self.transport.shard.layer_switches += 1
 
+    def retarget(self, producer: "Producer", layers: list["Producer"]) -> None:
+        """Show another track (last-N): from its next keyframe, continuing our numbering.
+
+        A simulcast track starts on the layer of the same rank as the one shown now,
+        or its highest if it has fewer; the policy adapts from there.
+        """
+        if self.closed or producer is self.producer:
+            return
+        rank = next((i for i, p in enumerate(self.layers) if p is self.layer), 0) if self.simulcast else None
+        if self in self.producer.consumers:
+            self.producer.consumers.remove(self)
+        self.producer = producer
+        producer.consumers.append(self)
+        if layers:
+            self.layers = layers
+            self.simulcast = True
+            self.policy = None
+            self.layer = layers[min(rank if rank is not None else len(layers) // 2, len(layers) - 1)]
+        else:
+            self.layers, self.simulcast, self.policy = [], False, None
+            self.layer = producer
+            self._set_probe(0.0)
+        if self.tid_max != -1:
+            self.tid_max = -1
+            self.transport.shard.engine.set_consumer_temporal(self.slot, -1)
+        self.transport.shard.engine.set_consumer_producer(self.slot, self.layer.slot)
+
     def _set_probe(self, bps: float) -> None:
         # Rounded, so a steady answer is not re-sent to the engine every tick.
         bps = round(bps, -4)

@@ -31,6 +31,7 @@ RTCP_REPORT_INTERVAL_S = 1.0
 MAX_PROBING_CONSUMERS = 64
 SWITCH_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 SIMULCAST_INTERVAL_S = 0.25  # how often each simulcast consumer's layer is reconsidered
+AUDIO_LEVEL_INTERVAL_S = 0.5  # how often published audio levels go to signalling (active speaker)
 
 
 class Shard:
@@ -96,6 +97,7 @@ class Shard:
         self._engine_timer = self.loop.call_later(0.02, self._engine_tick)
         self._tick_task = self.loop.create_task(self._tick())
         self._simulcast_task = self.loop.create_task(self._simulcast_tick())
+        self._audio_level_task = self.loop.create_task(self._audio_level_tick())
         return sock.getsockname()[1]
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -218,6 +220,20 @@ class Shard:
                 except Exception:  # one consumer's bug must not stop every other's adaptation
                     self.log.exception("layer update failed", consumer=consumer.id, room=consumer.transport.room)
 
+    async def _audio_level_tick(self) -> None:
+        while True:
+            await asyncio.sleep(AUDIO_LEVEL_INTERVAL_S)
+            levels = self.engine.take_audio_levels()
+            if not levels:
+                continue
+            by_slot = {p.slot: p for p in self.producers.values()}
+            # Publishers' own tracks only: a relayed copy's levels are its source's,
+            # which that source's shard reports.
+            out = [(by_slot[slot].id, dbov, voiced) for slot, dbov, voiced in levels
+                   if slot in by_slot and isinstance(by_slot[slot].transport, WebRtcTransport)]
+            if out:
+                self._notify(control.AudioLevels(levels=out))
+
     # --- control -----------------------------------------------------------------------
 
     def on_transport_connected(self, transport: WebRtcTransport) -> None:
@@ -316,6 +332,14 @@ class Shard:
                     producer.transport.producers.remove(producer)
                 producer.close()
             return None
+        if isinstance(body, control.Retarget):
+            consumer = self.consumers.get(body.consumer_id)
+            producer = self.producers.get(body.producer_id)
+            if consumer is None or producer is None:
+                raise KeyError(f"unknown consumer {body.consumer_id} or producer {body.producer_id}")
+            layers = [self.producers[i] for i in body.layer_producer_ids if i in self.producers]
+            consumer.retarget(producer, layers if len(layers) > 1 else [])
+            return None
         if isinstance(body, control.RestartIce):
             transport = self._transport(body.transport_id)
             self.by_ufrag.pop(transport.local_ufrag, None)
@@ -385,6 +409,7 @@ class Shard:
         if self._tick_task is not None:
             self._tick_task.cancel()
             self._simulcast_task.cancel()
+            self._audio_level_task.cancel()
         if self._engine_timer is not None:
             self._engine_timer.cancel()
         if self.sock is not None:

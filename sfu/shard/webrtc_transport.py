@@ -60,6 +60,7 @@ class WebRtcTransport:
         self.bandwidth = ViewerBandwidth()
         self._pacing_bps = 0.0
         self._reports_seen: dict[int, int] = {}  # consumer slot -> receiver reports taken
+        self._extension_ids: dict[str, int] = {}  # the union over the peer's m-lines
         self.slot = shard.engine.add_transport(secure=True, rtcp_ssrc=random.getrandbits(32) or 1)
 
     # --- ICE ---------------------------------------------------------------------------
@@ -144,8 +145,15 @@ class WebRtcTransport:
     # --- lifecycle ---------------------------------------------------------------------
 
     def add_producer(self, producer: "Producer", extensions: dict[str, int]) -> None:
+        # One bundle, one id per extension (RFC 8285 asks senders to keep them consistent
+        # across m-lines), but each m-line lists only its own: audio-level is on the audio
+        # line, abs-send-time often only on video. The transport parses the union.
         if extensions:
-            self.shard.engine.set_transport_extensions(self.slot, **extension_ids(extensions))
+            merged = {**extension_ids(extensions)}
+            for name, value in self._extension_ids.items():
+                merged[name] = merged[name] or value
+            self._extension_ids = merged
+            self.shard.engine.set_transport_extensions(self.slot, **merged)
         self.producers.append(producer)
 
     @property

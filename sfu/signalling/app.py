@@ -13,13 +13,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from .. import control
 from ..config import Config
 from ..logs import get_logger
+from .active_speaker import ActiveSpeakers
 from .admin import AdminApi
 from .events import EventStreams
+from .last_n import LastN
 from .metrics import ShardCollector
 from .placement import ShardState, place_publisher, place_viewer
 from .relays import Relays
 from .resources import Resources
+from .room_api import RoomApi
 from .rooms import Room, RoomRegistry, Session
+from .sessions import Sessions
 from .shard_process import ShardProcess
 from .supervisor import ShardSupervisor
 
@@ -38,6 +42,11 @@ class Signalling:
         self.supervisor = ShardSupervisor(self, self._new_shard)
         self.relays = Relays(self)
         self.events = EventStreams()
+        self.sessions = Sessions(self)
+        self.speakers = ActiveSpeakers(self._on_speaker)
+        self.room_api = RoomApi(self)
+        self.last_n = LastN(self)
+        self._background: set[asyncio.Task[Any]] = set()
 
     def _new_shard(self, shard_id: int) -> ShardProcess:
         return ShardProcess(shard_id, self.config, self.on_shard_notification)
@@ -105,14 +114,53 @@ class Signalling:
         if reconnect:
             self.events.send(session.id, "reconnect", {"url": f"/{session.kind}/{session.room}", "reason": reason})
         self.events.end(session.id)
+        self.room_api.session_ended(session, reason, reconnect)
         log.info("session ended", room=session.room, peer=session.id, kind=session.kind, reason=reason,
-                 shard=session.shard)
+                 shard=session.shard, participant=session.participant)
         if session.kind == "whip":
             for producer in session.producers:
                 self.relays.producer_ended(producer)
+            self.speakers.forget(session.room, session.id)
+            ended = {p.track_id or p.id for p in session.producers}
+            room = self.rooms.room(session.room)
+            for viewer in list(room.sessions.values()) if room is not None else []:
+                # Their consumers of these tracks got a BYE and are gone from the shard.
+                for consumer in [c for c, (_, track, _) in viewer.slots.items() if track in ended]:
+                    del viewer.slots[consumer]
+            self.room_api.broadcast(session.room, {
+                "type": "track_unpublished", "participant": session.participant or None,
+                "tracks": self.room_api.tracks_of(session)})
             room = self.rooms.room(session.room)
             if room is not None and not room.producers():
                 self.room_event(room, "inactive", {"reason": reason})
+
+    def on_published(self, session: Session, *, first: bool) -> None:
+        """A publisher's tracks are in the room: tell who listens."""
+        if first:
+            self.room_event(self.rooms.rooms[session.room], "active", {})
+        self.room_api.broadcast(session.room, {
+            "type": "track_published", "participant": session.participant or None,
+            "tracks": self.room_api.tracks_of(session)})
+
+    def _on_audio_levels(self, levels: list[tuple[str, float, float]]) -> None:
+        by_room: dict[str, dict[str, tuple[float, float]]] = {}
+        for producer_id, dbov, voiced in levels:
+            producer = self.rooms.producers.get(producer_id)
+            if producer is not None:
+                by_room.setdefault(producer.room, {})[producer.stream_id] = (dbov, voiced)
+        now = asyncio.get_running_loop().time()
+        for room, streams in by_room.items():
+            self.speakers.report(room, streams, now)
+
+    def _on_speaker(self, room: str, stream: str, level_dbov: float) -> None:
+        session = self.rooms.sessions.get(stream)
+        log.info("active speaker", room=room, peer=stream, participant=session.participant if session else None,
+                 level_dbov=round(level_dbov, 1))
+        self.room_api.broadcast(room, {"type": "active_speaker", "participant": session.participant or None
+                                       if session else None, "session": stream, "level_dbov": round(level_dbov, 1)})
+        task = asyncio.get_running_loop().create_task(self.last_n.update_room(room))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def room_event(self, room: Room, event: str, data: dict[str, Any]) -> None:
         for session in list(room.sessions.values()):
@@ -128,6 +176,8 @@ class Signalling:
                 session.connected = True
             elif body.state in ("closed", "failed"):
                 self.forget_session(session, body.reason)
+        elif isinstance(body, control.AudioLevels):
+            self._on_audio_levels(body.levels)
         elif isinstance(body, control.Draining):
             self.supervisor.start_drain(shard_id, "shard got SIGTERM")
 
@@ -172,6 +222,7 @@ class Signalling:
         app = web.Application(client_max_size=max(self.config.max_sdp_bytes * 2, 65536))
         app.add_routes(Resources(self).routes())
         app.add_routes(AdminApi(self).routes())
+        app.add_routes(self.room_api.routes())
         app.add_routes([
             web.get("/metrics", self.metrics),
             web.get("/healthz", self.healthz),

@@ -48,6 +48,10 @@ class Session:
     producers: list[ProducerInfo] = field(default_factory=list)
     consumer_ids: list[str] = field(default_factory=list)
     connected: bool = False
+    participant: str = ""  # the room API participant it belongs to ("" for plain WHIP/WHEP)
+    last_n: int | None = None  # video of the N most recent speakers (a viewer's choice)
+    # consumer id -> (kind, track id it shows, mid): what last-N moves between tracks
+    slots: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
     @property
     def transport_id(self) -> str:
@@ -75,6 +79,7 @@ class RoomRegistry:
         # Per shard, kept as sessions come and go: placement reads them on every join.
         self.viewers_by_shard: Counter[int] = Counter()
         self.sessions_by_shard: Counter[int] = Counter()
+        self.producers: dict[str, ProducerInfo] = {}  # every published producer, by id
         self.consumers_by_shard: Counter[int] = Counter()
 
     def room(self, name: str) -> Room | None:
@@ -90,6 +95,8 @@ class RoomRegistry:
         self.sessions[session.id] = session
         self.rooms[session.room].sessions[session.id] = session
         self.sessions_by_shard[session.shard] += 1
+        for producer in session.producers:
+            self.producers[producer.id] = producer
         if session.kind == "whep":
             self.viewers_by_shard[session.shard] += 1
         self.consumers_by_shard[session.shard] += len(session.consumer_ids)
@@ -99,6 +106,8 @@ class RoomRegistry:
         if session is None:
             return None
         self.sessions_by_shard[session.shard] -= 1
+        for producer in session.producers:
+            self.producers.pop(producer.id, None)
         if session.kind == "whep":
             self.viewers_by_shard[session.shard] -= 1
         self.consumers_by_shard[session.shard] -= len(session.consumer_ids)

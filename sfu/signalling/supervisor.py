@@ -118,8 +118,9 @@ class ShardSupervisor:
         # Viewers first: a publisher that moves ends its tracks here, and the viewers
         # still on this shard would see that as a gap rather than a move.
         for session in sorted(sessions, key=lambda s: s.kind == "whip"):
-            self.s.events.send(session.id, "reconnect", {
-                "url": f"/{session.kind}/{session.room}", "reason": f"shard {shard_id} is draining"})
+            why = f"shard {shard_id} is draining"
+            self.s.events.send(session.id, "reconnect", {"url": f"/{session.kind}/{session.room}", "reason": why})
+            self.s.room_api.session_reconnect(session, why)
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.s.config.drain_timeout_s

@@ -63,10 +63,11 @@ async def test_rooms_peers_shards_and_closing_a_peer(sfu_server: SfuServer) -> N
 async def test_admin_api_needs_an_admin_token(sfu_auth_server: SfuServer, token: str | None, status: int) -> None:
     async with aiohttp.ClientSession() as http:
         for method, path in (("GET", "/api/rooms"), ("GET", "/api/peers"), ("GET", "/api/shards"),
-                             ("DELETE", "/api/peers/nobody")):
+                             ("DELETE", "/api/peers/nobody"), ("POST", "/api/shards/0/drain")):
             async with http.request(method, sfu_auth_server.base_url + path,
                                     headers=bearer(token) if token else {}) as r:
-                expected = 404 if status == 200 and method == "DELETE" else status
+                # With the right token: no such peer; the only shard cannot drain.
+                expected = {"DELETE": 404, "POST": 409}.get(method, 200) if status == 200 else status
                 assert r.status == expected, (method, path, await r.text())
 
 
@@ -101,3 +102,11 @@ async def test_shards_report_their_load_and_new_rooms_go_to_the_idle_one(tmp_pat
         for session in sessions:
             await session.close()
         stop_server(server)
+
+
+async def test_drain_refuses_what_it_cannot_do(sfu_server: SfuServer) -> None:
+    async with aiohttp.ClientSession() as http:
+        for path, status in (("/api/shards/7/drain", 404), ("/api/shards/x/drain", 404),
+                             ("/api/shards/0/drain", 409)):
+            async with http.post(sfu_server.base_url + path) as r:
+                assert r.status == status, (path, await r.text())

@@ -5,6 +5,12 @@
 // client never trickles: it gathers briefly, POSTs the offer once, applies the
 // answer, and DELETEs the resource when it stops. No STUN or TURN server is
 // ever configured.
+//
+// Where the server offers them (a `Link` with rel EVENTS_REL on the 201), a
+// session's server-sent events tell the client mid-session what it must do:
+// `reconnect` (POST a fresh offer to the given URL, then DELETE the old
+// session: make-before-break), `active` / `inactive` (the room got / lost its
+// publisher). See SessionClient.follow.
 
 export const ICE_GATHERING_TIMEOUT_MS = 1000;
 export const RETRY_AFTER_DEFAULT_S = 1;
@@ -12,6 +18,10 @@ const RETRY_AFTER_MIN_S = 0.25;
 const RETRY_AFTER_MAX_S = 30;
 const REASON_MAX_CHARS = 500;
 const DELETE_TIMEOUT_MS = 2000;
+const EVENTS_TIMEOUT_MS = 5000;
+
+/** The WHEP draft's server-sent events extension (we offer it on WHIP sessions too). */
+export const EVENTS_REL = 'urn:ietf:params:whep:ext:core:server-sent-events';
 
 /** A failure a person can read: what was tried, what the server said. */
 export class SessionError extends Error {
@@ -41,6 +51,9 @@ export function newPeerConnection() {
  *   (WHEP before anyone publishes); otherwise a 409 is an error.
  * listener: object with optional named methods onPosting(attempt),
  *   onRetry(delaySeconds, reason, attempt) and onResource(url, etag).
+ *
+ * After start(), `eventsUrl` and `eventsOffered` say whether the server offers
+ * session events (null and [] when it does not); follow() listens to them.
  */
 export class SessionClient {
   constructor(endpoint, { token = '', retryWhenNotPublished = false, listener = {} } = {}) {
@@ -50,6 +63,9 @@ export class SessionClient {
     this.listener = listener;
     this.resourceUrl = null;
     this.etag = null;
+    this.eventsUrl = null;
+    this.eventsOffered = [];
+    this.events = null;
     this._abort = null;
   }
 
@@ -93,6 +109,8 @@ export class SessionClient {
   async stop() {
     this._abort?.abort();
     this._abort = null;
+    this.events?.close();
+    this.events = null;
     const url = this.resourceUrl;
     this.resourceUrl = null;
     this.etag = null;
@@ -116,10 +134,14 @@ export class SessionClient {
         reason,
       });
     }
+    // Read to the end: a body left open is aborted when the timeout fires.
+    await response.text().catch(() => '');
   }
 
   /** Best effort DELETE while the page goes away; nothing to await. */
   stopOnUnload() {
+    this.events?.close();
+    this.events = null;
     if (!this.resourceUrl) return;
     fetch(this.resourceUrl, { method: 'DELETE', headers: this._headers(), keepalive: true }).catch(() => {});
     this.resourceUrl = null;
@@ -141,6 +163,9 @@ export class SessionClient {
     const location_ = response.headers.get('Location');
     this.resourceUrl = location_ ? new URL(location_, this.endpoint).href : null;
     this.etag = response.headers.get('ETag');
+    const link = parseEventsLink(response.headers.get('Link'), this.endpoint);
+    this.eventsUrl = link?.url ?? null;
+    this.eventsOffered = link?.events ?? [];
     const answerSdp = await response.text();
     this.listener.onResource?.(this.resourceUrl, this.etag);
     if (signal.aborted) throw new DOMException('stopped', 'AbortError');
@@ -156,9 +181,156 @@ export class SessionClient {
     }
   }
 
+  /**
+   * Listen to the session's server-sent events: POST the names wanted (those the
+   * server offers) to `eventsUrl`, then read the stream it names with an EventSource.
+   *
+   * handlers: {reconnect(data), active(data), inactive(data), onClosed()}, each
+   * optional; an event calls the handler of its name with its parsed JSON data.
+   * onClosed() runs once when the stream ends without close() being called (the
+   * session ended on the server, or the connection broke): no more events come.
+   *
+   * Returns the SessionEvents (also kept as `this.events`, closed by stop()), or
+   * null when the server offers none of the events wanted. Throws SessionError
+   * when the subscription is refused.
+   */
+  async follow(names, handlers = {}) {
+    if (!this.eventsUrl || !this.resourceUrl) return null;
+    const wanted = names.filter((name) => this.eventsOffered.includes(name));
+    if (!wanted.length) return null;
+    const headers = this._headers();
+    headers['Content-Type'] = 'application/json';
+    let response;
+    try {
+      response = await fetch(this.eventsUrl, {
+        method: 'POST', headers, body: JSON.stringify(wanted), signal: AbortSignal.timeout(EVENTS_TIMEOUT_MS),
+      });
+    } catch (err) {
+      throw new SessionError(`POST ${new URL(this.eventsUrl).pathname} failed: no answer from the server (${err.message})`);
+    }
+    const streamLocation = response.headers.get('Location');
+    if (response.status !== 201 || !streamLocation) {
+      const reason = await readReason(response);
+      throw new SessionError(describeFailure('POST', this.eventsUrl, response, reason), {
+        status: response.status,
+        reason,
+      });
+    }
+    await response.text().catch(() => ''); // to the end: the timeout would abort it
+    if (!this.resourceUrl) return null; // stopped meanwhile
+    this.events?.close();
+    this.events = new SessionEvents(new URL(streamLocation, this.eventsUrl).href, wanted, handlers);
+    return this.events;
+  }
+
   _headers() {
     return this.token ? { Authorization: `Bearer ${this.token}` } : {};
   }
+}
+
+/**
+ * One event stream of a session (an EventSource on the URL the subscription named).
+ * It is not reopened when it breaks: the server ends it with its session, and a
+ * client that lost it falls back to what it does without events.
+ */
+export class SessionEvents {
+  constructor(url, names, handlers) {
+    this.url = url;
+    this.live = true;
+    this._handlers = handlers;
+    this._source = new EventSource(url);
+    for (const name of names) {
+      this._source.addEventListener(name, (event) => this._dispatch(name, event.data));
+    }
+    this._source.addEventListener('error', () => this._ended());
+  }
+
+  close() {
+    this.live = false;
+    this._source.close();
+  }
+
+  _dispatch(name, raw) {
+    if (!this.live) return;
+    let data = {};
+    try {
+      data = raw ? JSON.parse(raw) : {};
+    } catch {
+      data = { raw };
+    }
+    this._handlers[name]?.(data);
+  }
+
+  _ended() {
+    if (!this.live) return;
+    this.close();
+    this._handlers.onClosed?.();
+  }
+}
+
+/**
+ * The `Link` header's events link: {url, events} with url resolved against base,
+ * or null when there is none. Links are split on commas outside <> and quotes
+ * (the events parameter is itself a comma-separated list in quotes).
+ */
+export function parseEventsLink(header, base) {
+  if (!header) return null;
+  for (const link of splitOutside(header, ',')) {
+    const match = /^\s*<([^>]*)>(.*)$/s.exec(link);
+    if (!match) continue;
+    const params = {};
+    for (const part of splitOutside(match[2], ';')) {
+      const eq = part.indexOf('=');
+      if (eq < 0) continue;
+      const key = part.slice(0, eq).trim().toLowerCase();
+      let value = part.slice(eq + 1).trim();
+      if (value.startsWith('"') && value.endsWith('"') && value.length >= 2) value = value.slice(1, -1);
+      params[key] = value;
+    }
+    if (!(params.rel ?? '').split(/\s+/).includes(EVENTS_REL)) continue;
+    const events = (params.events ?? '').split(',').map((name) => name.trim()).filter(Boolean);
+    try {
+      return { url: new URL(match[1], base).href, events };
+    } catch {
+      return null;
+    }
+  }
+  return null;
+}
+
+function splitOutside(text, separator) {
+  const parts = [];
+  let current = '';
+  let quoted = false;
+  let bracketed = false;
+  for (const ch of text) {
+    if (ch === '"' && !bracketed) quoted = !quoted;
+    else if (ch === '<' && !quoted) bracketed = true;
+    else if (ch === '>' && !quoted) bracketed = false;
+    if (ch === separator && !quoted && !bracketed) {
+      parts.push(current);
+      current = '';
+    } else {
+      current += ch;
+    }
+  }
+  parts.push(current);
+  return parts;
+}
+
+/**
+ * Where a `reconnect` event sends a client: its `url` resolved against the endpoint
+ * it used, keeping that endpoint's query parameters (?layer=, max_width=, ...) the
+ * event's url does not set itself. No url: the endpoint itself.
+ */
+export function reconnectEndpoint(endpoint, url) {
+  const before = new URL(endpoint, location.href);
+  if (!url) return before.href;
+  const next = new URL(url, before);
+  for (const [key, value] of before.searchParams) {
+    if (!next.searchParams.has(key)) next.searchParams.append(key, value);
+  }
+  return next.href;
 }
 
 /** Resolve once ICE gathering completes, or after timeoutMs, whichever is first. */
