@@ -55,7 +55,8 @@ from sfu.shard.srtp import SrtpSession
 
 from . import procfs
 from .clip import AUDIO_FRAME_MS, FPS, Clip
-from .sdp import AUDIO_MID, AUDIO_PT, EXT_ABS_SEND_TIME_ID, EXT_MID_ID, VIDEO_MID, VIDEO_PT, LocalPeer, RemotePeer
+from .sdp import (AUDIO_MID, AUDIO_PT, EXT_ABS_SEND_TIME_ID, EXT_MID_ID, EXT_RID_ID, VIDEO_MID, VIDEO_PT, LocalPeer,
+                  RemotePeer)
 from .targets import Target
 
 SO_TIMESTAMPNS = 35  # Linux; the socket module has no constant for it
@@ -118,6 +119,24 @@ def rtcp_requests_keyframe(packet: bytes) -> bool:
             return True
         offset += 4 * (int.from_bytes(packet[offset + 2:offset + 4], "big") + 1)
     return False
+
+
+def rtcp_keyframe_ssrcs(packet: bytes) -> set[int]:
+    """The media SSRCs that the PLIs and FIRs of a compound RTCP packet ask a keyframe of
+    (0 for a request that names none)."""
+    ssrcs: set[int] = set()
+    offset = 0
+    while offset + 4 <= len(packet):
+        end = offset + 4 * (int.from_bytes(packet[offset + 2:offset + 4], "big") + 1)
+        if packet[offset + 1] == 206:
+            fmt = packet[offset] & 0x1F
+            if fmt == 1:  # PLI: the media source SSRC
+                ssrcs.add(int.from_bytes(packet[offset + 8:offset + 12], "big"))
+            elif fmt == 4:  # FIR: one 8-byte FCI entry per SSRC
+                for fci in range(offset + 12, min(end, len(packet)) - 7, 8):
+                    ssrcs.add(int.from_bytes(packet[fci:fci + 4], "big"))
+        offset = end
+    return ssrcs
 
 
 def realtime_minus_monotonic_ns() -> int:
@@ -299,41 +318,70 @@ class RawPeer:
 class _Stream:
     """One outgoing RTP stream of the publisher."""
 
-    def __init__(self, pt: int, ssrc: int, mid: str, clock_rate: int) -> None:
+    def __init__(self, pt: int, ssrc: int, mid: str, clock_rate: int, rid: str = "") -> None:
         self.pt = pt
         self.ssrc = ssrc
         self.seq = random.getrandbits(16)
         self.ts = random.getrandbits(32)
         self.count = 0  # packets sent: the 4-byte sequence in the stamp
         self.clock_rate = clock_rate
-        # One-byte header extensions: mid, abs-send-time (filled per packet), 2 bytes of padding.
-        self.ext_prefix = (b"\xbe\xde\x00\x02" + bytes([EXT_MID_ID << 4 | (len(mid) - 1)]) + mid.encode()
-                           + bytes([EXT_ABS_SEND_TIME_ID << 4 | 2]))
+        self.rid = rid
+        # One-byte header extensions: mid, abs-send-time (filled per packet), then the rid
+        # (simulcast layers, on every packet as Chrome sends it until the SSRC is known) and
+        # zero padding to a 32-bit boundary. Without a rid: 2 bytes of padding.
+        elements = 1 + len(mid) + 4 + (1 + len(rid) if rid else 0)
+        words = -(-elements // 4)
+        self.ext_prefix = (b"\xbe\xde" + words.to_bytes(2, "big") + bytes([EXT_MID_ID << 4 | (len(mid) - 1)])
+                           + mid.encode() + bytes([EXT_ABS_SEND_TIME_ID << 4 | 2]))
+        rid_element = bytes([EXT_RID_ID << 4 | (len(rid) - 1)]) + rid.encode() if rid else b""
+        self.ext_suffix = rid_element + bytes(4 * words - elements)
+
+
+class _VideoLayer:
+    """One encoding of the publisher's video: the single stream, or one simulcast layer (rid)."""
+
+    def __init__(self, stream: _Stream, clip: Clip) -> None:
+        self.stream = stream
+        self.frames = [Publisher._packetize(frame) for frame in clip.video_frames]
+        self.bitrate_bps = clip.video_bitrate_bps
+        self.frame_index = 0
+        self.picture_id = random.getrandbits(15)
+        self.keyframe_requested = False
+        self.keyframes_sent = 0
 
 
 class Publisher(RawPeer):
-    """The synthetic publisher: loops the clip in real time, paced, answering PLI with a keyframe."""
+    """The synthetic publisher: loops the clip in real time, paced, answering PLI with a keyframe.
+
+    ``simulcast``: (rid, clip) per layer, lowest first (at most 3, as the server accepts):
+    the video goes out as one rid-tagged SSRC per layer, unsignalled as Chrome's are
+    (the server learns each from the rid extension), each layer looping its own clip's
+    GOP; ``clip`` then only gives the audio. All layers share one pacer, at 2.5x their
+    summed rate, and a PLI/FIR restarts the GOP of the layer(s) it names.
+    """
 
     def __init__(self, clip: Clip, certificate: DtlsCertificate, context: Any, *, stamps: bool,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", simulcast: list[tuple[str, Clip]] | None = None) -> None:
         super().__init__(certificate, context, host=host, rcvbuf=1 << 20)
         self.stamps = stamps
         self.audio = _Stream(AUDIO_PT, random.getrandbits(32) or 1, AUDIO_MID, 48000)
-        self.video = _Stream(VIDEO_PT, random.getrandbits(32) or 2, VIDEO_MID, 90000)
         self.rtx_ssrc = random.getrandbits(32) or 3
-        self.video_frames = [self._packetize(frame) for frame in clip.video_frames]
+        if simulcast:
+            self.layers = [_VideoLayer(_Stream(VIDEO_PT, random.getrandbits(32) or 4 + i, VIDEO_MID, 90000, rid),
+                                       layer_clip) for i, (rid, layer_clip) in enumerate(simulcast)]
+        else:
+            self.layers = [_VideoLayer(_Stream(VIDEO_PT, random.getrandbits(32) or 2, VIDEO_MID, 90000), clip)]
+        self.rids = [layer.stream.rid for layer in self.layers if layer.stream.rid]
+        self.video = self.layers[-1].stream  # the single stream, or the top layer
+        self.video_frames = self.layers[-1].frames
         self.audio_frames = [bytearray(frame) for frame in clip.audio_frames]
-        self.video_bitrate_bps = clip.video_bitrate_bps
-        self._frame_index = 0
+        self.video_bitrate_bps = sum(layer.bitrate_bps for layer in self.layers)
         self._audio_index = 0
-        self._picture_id = random.getrandbits(15)
-        self._queue: collections.deque[tuple[bytearray, bool, int]] = collections.deque()
-        self._keyframe_requested = False
+        self._queue: collections.deque[tuple[_Stream, bytearray, bool, int]] = collections.deque()
         self._last_keyframe_request = 0.0
         self._task: asyncio.Task[None] | None = None
         self.paused = False  # the benchmark pauses the source to let a server drain its backlog
         self.started_at = 0.0
-        self.keyframes_sent = 0
         self.keyframe_requests = 0
         self.bytes_sent = 0
 
@@ -346,24 +394,41 @@ class Publisher(RawPeer):
                 for i in range(count)]
 
     async def start(self, target: Target, room: str) -> None:
-        local = self.local_peer("sendonly", audio_ssrc=self.audio.ssrc, video_ssrc=self.video.ssrc,
-                                rtx_ssrc=self.rtx_ssrc)
+        if self.rids:
+            local = LocalPeer(direction="sendonly", ice_ufrag=self.ufrag, ice_pwd=self.pwd,
+                              fingerprint_sha256=self.certificate.fingerprint_sha256, port=self.port, host=self.host,
+                              audio_ssrc=self.audio.ssrc, rids=tuple(self.rids))
+        else:
+            local = self.local_peer("sendonly", audio_ssrc=self.audio.ssrc, video_ssrc=self.video.ssrc,
+                                    rtx_ssrc=self.rtx_ssrc)
         remote = await target.publish(room, local)
+        if self.rids and remote.simulcast_rids != self.rids:
+            await target.end_session(remote)
+            raise ConnectError(f"the server accepted simulcast layers {remote.simulcast_rids}, we offered {self.rids}")
         self.audio.pt = remote.audio_pt or AUDIO_PT
-        self.video.pt = remote.video_pt or VIDEO_PT
+        for layer in self.layers:
+            layer.stream.pt = remote.video_pt or VIDEO_PT
         await self.connect(remote)
         loop = asyncio.get_running_loop()
         loop.add_reader(self.fd, self._on_readable)
         self._task = loop.create_task(self._run())
 
     def packets_sent(self) -> int:
-        return self.audio.count + self.video.count
+        return self.audio.count + sum(layer.stream.count for layer in self.layers)
+
+    @property
+    def keyframes_sent(self) -> int:
+        return sum(layer.keyframes_sent for layer in self.layers)
 
     @property
     def nominal_pps(self) -> float:
-        """Packets per second the clip makes when looped untouched (video + audio)."""
-        video = sum(map(len, self.video_frames)) * FPS / len(self.video_frames)
+        """Packets per second the clip makes when looped untouched (video, every layer, + audio)."""
+        video = sum(sum(map(len, layer.frames)) * FPS / len(layer.frames) for layer in self.layers)
         return video + 1000 / AUDIO_FRAME_MS
+
+    def layer_pps(self) -> dict[str, float]:
+        """Nominal packets per second of each layer's video (key "" without simulcast)."""
+        return {layer.stream.rid: sum(map(len, layer.frames)) * FPS / len(layer.frames) for layer in self.layers}
 
     def _send(self, stream: _Stream, payload: bytearray, marker: bool, ts: int, stamp_offset: int) -> int:
         now = time.monotonic_ns()
@@ -371,7 +436,7 @@ class Publisher(RawPeer):
             STAMP.pack_into(payload, stamp_offset, now, stream.count & 0xFFFFFFFF)
         abs_send_time = ((now << 18) // 1_000_000_000) & 0xFFFFFF
         packet = (RTP_FIXED.pack(0x90, (0x80 if marker else 0) | stream.pt, stream.seq, ts, stream.ssrc)
-                  + stream.ext_prefix + abs_send_time.to_bytes(3, "big") + b"\x00\x00" + payload)
+                  + stream.ext_prefix + abs_send_time.to_bytes(3, "big") + stream.ext_suffix + payload)
         stream.seq = (stream.seq + 1) & 0xFFFF
         stream.count += 1
         assert self.srtp is not None and self.remote is not None
@@ -390,20 +455,23 @@ class Publisher(RawPeer):
         self.audio.ts = (self.audio.ts + 48000 * AUDIO_FRAME_MS // 1000) & 0xFFFFFFFF
 
     def _queue_frame(self) -> None:
-        if self._keyframe_requested:
-            self._keyframe_requested = False
-            self._frame_index = 0
-        if self._frame_index == 0:
-            self.keyframes_sent += 1
-        packets = self.video_frames[self._frame_index]
-        self._frame_index = (self._frame_index + 1) % len(self.video_frames)
-        pid = self._picture_id
-        self._picture_id = (pid + 1) & 0x7FFF
-        for i, payload in enumerate(packets):
-            payload[2] = 0x80 | pid >> 8
-            payload[3] = pid & 0xFF
-            self._queue.append((payload, i == len(packets) - 1, self.video.ts))
-        self.video.ts = (self.video.ts + 90000 // FPS) & 0xFFFFFFFF
+        """The next frame of every layer, lowest layer first."""
+        for layer in self.layers:
+            if layer.keyframe_requested:
+                layer.keyframe_requested = False
+                layer.frame_index = 0
+            if layer.frame_index == 0:
+                layer.keyframes_sent += 1
+            packets = layer.frames[layer.frame_index]
+            layer.frame_index = (layer.frame_index + 1) % len(layer.frames)
+            pid = layer.picture_id
+            layer.picture_id = (pid + 1) & 0x7FFF
+            stream = layer.stream
+            for i, payload in enumerate(packets):
+                payload[2] = 0x80 | pid >> 8
+                payload[3] = pid & 0xFF
+                self._queue.append((stream, payload, i == len(packets) - 1, stream.ts))
+            stream.ts = (stream.ts + 90000 // FPS) & 0xFFFFFFFF
 
     async def _run(self) -> None:
         clock = time.monotonic
@@ -430,8 +498,8 @@ class Publisher(RawPeer):
             budget = min(budget + (now - last) * rate_bytes_s, rate_bytes_s * PACER_BURST_S)
             last = now
             while queue and budget > 0:
-                payload, marker, ts = queue.popleft()
-                budget -= self._send(self.video, payload, marker, ts, VP8_STAMP_OFFSET)
+                stream, payload, marker, ts = queue.popleft()
+                budget -= self._send(stream, payload, marker, ts, VP8_STAMP_OFFSET)
             wake = now + 0.002 if queue else min(next_audio, next_video)
             await asyncio.sleep(max(0.0, wake - clock()))
 
@@ -457,7 +525,10 @@ class Publisher(RawPeer):
                     now = time.monotonic()
                     if now - self._last_keyframe_request >= KEYFRAME_REQUEST_MIN_INTERVAL_S:
                         self._last_keyframe_request = now
-                        self._keyframe_requested = True
+                        named = rtcp_keyframe_ssrcs(plain) if len(self.layers) > 1 else set()
+                        chosen = [layer for layer in self.layers if layer.stream.ssrc in named]
+                        for layer in chosen or self.layers:
+                            layer.keyframe_requested = True
             else:
                 self.on_control(data, addr)
 
@@ -619,10 +690,15 @@ class Viewer(RawPeer):
 
 
 class LoadGen:
-    """The publisher, the viewers, the drain sweep and the consent timer, on one event loop."""
+    """The publisher, the viewers, the drain sweep and the consent timer, on one event loop.
 
-    def __init__(self, target: Target, clip: Clip, *, room: str = "fanout", sample_every: int = SAMPLE_EVERY,
-                 join_concurrency: int = 16) -> None:
+    ``clip`` None: viewers only (``publisher`` is None), for a load generator
+    process that watches a room published by another one. ``simulcast``: see
+    :class:`Publisher`.
+    """
+
+    def __init__(self, target: Target, clip: Clip | None, *, room: str = "fanout", sample_every: int = SAMPLE_EVERY,
+                 join_concurrency: int = 16, simulcast: list[tuple[str, Clip]] | None = None) -> None:
         self.target = target
         self.clip = clip
         self.room = room
@@ -630,8 +706,15 @@ class LoadGen:
         self.join_concurrency = join_concurrency
         self.certificate = DtlsCertificate.generate()  # one for all peers: the fingerprint is per offer anyway
         self.context = self.certificate.context()
-        self.publisher = Publisher(clip, self.certificate, self.context, stamps=target.stamps_survive,
-                                   host=target.peer_host)
+        self.publisher: Publisher | None = None
+        if clip is not None:
+            self.publisher = Publisher(clip, self.certificate, self.context, stamps=target.stamps_survive,
+                                       host=target.peer_host, simulcast=simulcast)
+        self.join_ms: list[float] = []  # WHEP POST to DTLS connected, per successful join
+        self.joins_attempted = 0
+        self.joins_in_flight = 0
+        self.first_join_ns = 0  # CLOCK_MONOTONIC (system-wide): the first WHEP POST, the last join completed
+        self.last_joined_ns = 0
         self.viewers: list[Viewer] = []
         self._by_fd: dict[int, Viewer] = {}
         self._epoll = select.epoll()
@@ -645,7 +728,8 @@ class LoadGen:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        await self.publisher.start(self.target, self.room)
+        if self.publisher is not None:
+            await self.publisher.start(self.target, self.room)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._drain_forever()), loop.create_task(self._housekeeping())]
 
@@ -654,14 +738,25 @@ class LoadGen:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.remove_viewers(len(self.viewers))
-        await self.publisher.stop()
-        if self.publisher.remote is not None:
-            await self.target.end_session(self.publisher.remote)
+        if self.publisher is not None:
+            await self.publisher.stop()
+            if self.publisher.remote is not None:
+                await self.target.end_session(self.publisher.remote)
         self._epoll.close()
 
     # --- viewers -----------------------------------------------------------------------
 
     async def _join(self, *, probe: bool = False) -> Viewer | None:
+        self.joins_attempted += 1
+        self.joins_in_flight += 1
+        if not self.first_join_ns:
+            self.first_join_ns = time.monotonic_ns()
+        try:
+            return await self._join_one(probe)
+        finally:
+            self.joins_in_flight -= 1
+
+    async def _join_one(self, probe: bool) -> Viewer | None:
         viewer = Viewer(self.certificate, self.context, stamps=self.target.stamps_survive,
                         sample_every=self.sample_every, host=self.target.peer_host)
         viewer.joined_ns = time.monotonic_ns()
@@ -678,6 +773,8 @@ class LoadGen:
                 await self.target.end_session(viewer.remote)
             viewer.close()
             return None
+        self.last_joined_ns = time.monotonic_ns()
+        self.join_ms.append((self.last_joined_ns - viewer.joined_ns) / 1e6)
         self.viewers.append(viewer)
         self._by_fd[viewer.fd] = viewer
         self._epoll.register(viewer.fd, select.EPOLLIN)
@@ -692,6 +789,36 @@ class LoadGen:
                 return await self._join()
 
         joined = await asyncio.gather(*(one() for _ in range(count)))
+        return sum(v is not None for v in joined)
+
+    async def add_viewers_at_rate(self, count: int, rate_per_s: float, max_in_flight: int = 64) -> int:
+        """Start ``count`` joins at a fixed rate (one every 1/rate s), at most ``max_in_flight``
+        at once (beyond that the schedule slips); return how many made it. Cancelling the
+        task stops starting new joins and abandons those in flight."""
+        gate = asyncio.Semaphore(max_in_flight)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        tasks: list[asyncio.Task[Viewer | None]] = []
+
+        async def one() -> Viewer | None:
+            try:
+                return await self._join()
+            finally:
+                gate.release()
+
+        try:
+            for k in range(count):
+                delay = start + k / rate_per_s - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await gate.acquire()
+                tasks.append(loop.create_task(one()))
+            joined = await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         return sum(v is not None for v in joined)
 
     async def _remove(self, gone: list[Viewer]) -> None:
@@ -753,7 +880,7 @@ class LoadGen:
             for i, viewer in enumerate(self.viewers):
                 if i % slots == tick % slots:
                     viewer.send_check()
-            if tick % slots == 0:
+            if tick % slots == 0 and self.publisher is not None:
                 self.publisher.send_check()
 
     # --- accounting --------------------------------------------------------------------
@@ -783,6 +910,7 @@ async def _main(args: argparse.Namespace) -> None:
     target.ice_lite = not args.reencoding
     await target.start()
     gen = LoadGen(target, clip, room=args.room)
+    assert gen.publisher is not None
     try:
         await gen.start()
         joined = await gen.add_viewers(args.viewers)

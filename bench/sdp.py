@@ -21,6 +21,8 @@ VIDEO_PT = 96
 RTX_PT = 97
 EXT_MID_ID = 1
 EXT_ABS_SEND_TIME_ID = 2
+EXT_RID_ID = 3  # simulcast publishers only (RFC 8852)
+EXT_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 AUDIO_MID = "0"
 VIDEO_MID = "1"
 CNAME = "fanout-bench"
@@ -39,13 +41,17 @@ class LocalPeer:
     audio_ssrc: int = 0  # publisher only
     video_ssrc: int = 0
     rtx_ssrc: int = 0
+    rids: tuple[str, ...] = ()  # a simulcast publisher's layers, lowest first (video_ssrc unused)
 
     def offer(self) -> str:
         """A WHIP/WHEP offer: BUNDLEd opus + VP8 (with RTX), rtcp-mux, mid and abs-send-time.
 
         We offer ``a=setup:active`` (we are the DTLS client), which every
         server we measure accepts, and a host candidate so that full-ICE
-        servers (aiortc) have a pair to check.
+        servers (aiortc) have a pair to check. A publisher with ``rids``
+        offers rid simulcast as Chrome does (RFC 8853): the rid extension,
+        ``a=rid:<id> send`` per layer, ``a=simulcast:send l;m;h``, and no
+        video SSRCs (the server learns them from the rid on the packets).
         """
         common = [
             f"c=IN IP4 {self.host}",
@@ -68,7 +74,10 @@ class LocalPeer:
                  f"a=rtcp-fb:{VIDEO_PT} nack", f"a=rtcp-fb:{VIDEO_PT} nack pli",
                  f"a=rtcp-fb:{VIDEO_PT} ccm fir", f"a=rtcp-fb:{VIDEO_PT} goog-remb",
                  f"a=rtpmap:{VIDEO_PT} VP8/90000", f"a=rtpmap:{RTX_PT} rtx/90000", f"a=fmtp:{RTX_PT} apt={VIDEO_PT}"]
-        if sending:
+        if sending and self.rids:
+            video += [f"a=extmap:{EXT_RID_ID} {EXT_RID}", f"a=msid:{CNAME} video",
+                      *(f"a=rid:{rid} send" for rid in self.rids), "a=simulcast:send " + ";".join(self.rids)]
+        elif sending:
             video += [f"a=msid:{CNAME} video", f"a=ssrc-group:FID {self.video_ssrc} {self.rtx_ssrc}",
                       f"a=ssrc:{self.video_ssrc} cname:{CNAME}", f"a=ssrc:{self.rtx_ssrc} cname:{CNAME}"]
         lines = [
@@ -140,6 +149,7 @@ class RemotePeer:
     rtx_pt: int | None = None
     ssrcs: dict[str, list[int]] = field(default_factory=dict)  # kind -> SSRCs the server sends
     location: str = ""  # resource URL to DELETE (WHIP/WHEP)
+    simulcast_rids: list[str] = field(default_factory=list)  # the answer's a=simulcast:recv layers
 
     @classmethod
     def from_answer(cls, sdp: str, location: str = "") -> "RemotePeer":
@@ -150,6 +160,7 @@ class RemotePeer:
         pts: dict[str, list[int]] = {}
         rtx: int | None = None
         ssrcs: dict[str, list[int]] = {}
+        simulcast: list[str] = []
         kind = ""
         for line in sdp.splitlines():
             line = line.strip()
@@ -173,6 +184,8 @@ class RemotePeer:
                     address = (c[4], int(c[5]))
             elif line.startswith("a=fmtp:") and "apt=" in line and kind == "video":
                 rtx = int(line[7:].split()[0])
+            elif line.startswith("a=simulcast:recv ") and kind == "video":
+                simulcast = [alt.split(",")[0].lstrip("~") for alt in line.split(" ", 1)[1].strip().split(";")]
             elif line.startswith("a=ssrc:") and kind:
                 ssrc = int(line[7:].split()[0])
                 if ssrc not in ssrcs.setdefault(kind, []):
@@ -185,5 +198,5 @@ class RemotePeer:
             ice_ufrag=ufrag, ice_pwd=pwd, ice_lite="a=ice-lite" in sdp, fingerprint=fingerprint,
             address=address, dtls_role="server" if setup == "active" else "client",
             audio_pt=audio_pts[0] if audio_pts else None, video_pt=video_pts[0] if video_pts else None, rtx_pt=rtx,
-            ssrcs=ssrcs, location=location,
+            ssrcs=ssrcs, location=location, simulcast_rids=simulcast,
         )

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import aiohttp
 
@@ -44,6 +45,27 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_port_range(count: int, kind: int = socket.SOCK_DGRAM) -> int:
+    """The first of ``count`` consecutive ports free on 127.0.0.1 right now (shard i binds first + i)."""
+    for _ in range(100):
+        first = free_port(kind)
+        if first + count - 1 > 65535:
+            continue
+        held = []
+        try:
+            for port in range(first, first + count):
+                s = socket.socket(socket.AF_INET, kind)
+                held.append(s)
+                s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise TargetError(f"no {count} consecutive free ports")
 
 
 class Target(abc.ABC):
@@ -95,9 +117,10 @@ class Target(abc.ABC):
 class WhipWhepTarget(Target):
     """Any server with WHIP/WHEP at ``base_url``; subclasses also run the server process."""
 
-    def __init__(self, base_url: str, *, concurrency: int = 32) -> None:
+    def __init__(self, base_url: str, *, concurrency: int = 32, subscribe_query: str = "") -> None:
         self.base_url = base_url.rstrip("/")
         self.concurrency = concurrency
+        self.subscribe_query = subscribe_query  # e.g. "layer=l": appended to every WHEP POST
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -132,7 +155,8 @@ class WhipWhepTarget(Target):
         return await self._post(f"/whip/{room}", local)
 
     async def subscribe(self, room: str, local: LocalPeer) -> RemotePeer:
-        return await self._post(f"/whep/{room}", local)
+        query = f"?{self.subscribe_query}" if self.subscribe_query else ""
+        return await self._post(f"/whep/{room}{query}", local)
 
     async def end_session(self, remote: RemotePeer) -> None:
         if self._http is None or not remote.location:
@@ -148,19 +172,21 @@ class WhipWhepTarget(Target):
 
 
 class _ServerProcess:
-    """A server started under ``taskset -c <core>``, its output in a log file."""
+    """A server started under ``taskset -c <core>`` (``core`` None: unpinned), its output in a log file."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], core: int, log_path: Path) -> None:
-        self.argv = ["taskset", "-c", str(core), *argv]
+    def __init__(self, argv: list[str], env: dict[str, str], core: int | None, log_path: Path,
+                 cwd: Path = REPO) -> None:
+        self.argv = argv if core is None else ["taskset", "-c", str(core), *argv]
         self.env = env
         self.log_path = log_path
+        self.cwd = cwd
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> int:
         log = open(self.log_path, "ab")
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, env=self.env, cwd=str(REPO), stdout=log, stderr=log,
+                *self.argv, env=self.env, cwd=str(self.cwd), stdout=log, stderr=log,
                 stdin=asyncio.subprocess.DEVNULL,
             )
         finally:
@@ -186,7 +212,10 @@ class _ServerProcess:
                 await asyncio.sleep(0.2)
         raise TargetError(f"server not ready after {START_TIMEOUT_S:.0f} s; see {self.log_path}")
 
-    async def stop(self, extra_pids: list[int] | None = None) -> None:
+    async def stop(self, extra_pids: list[int] | None = None,
+                   still_ours: Callable[[int], bool] | None = None) -> None:
+        """SIGTERM and wait; then SIGKILL ``extra_pids`` (children it should have stopped itself)
+        that ``still_ours`` (if given) confirms are still those children, not a reused pid."""
         if self.alive:
             assert self.proc is not None
             self.proc.send_signal(signal.SIGTERM)
@@ -195,7 +224,9 @@ class _ServerProcess:
             except asyncio.TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
-        for pid in extra_pids or []:  # children it should have stopped itself
+        for pid in extra_pids or []:
+            if still_ours is not None and not still_ours(pid):
+                continue
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -203,50 +234,86 @@ class _ServerProcess:
 
 
 class SfuTarget(WhipWhepTarget):
-    """Our server, one shard, the whole server started under ``taskset`` on the shard's core.
+    """Our server in ``--dev`` mode (no tokens).
+
+    By default (the fanout benchmark) one shard, the whole server started under
+    ``taskset`` on the shard's core; once the shard is up, signalling (and its
+    threads) move to the load generator's core, so the shard's core runs nothing
+    but the shard. ``shards`` > 1 (or ``shard_core`` None) runs the server
+    unpinned, its shards wherever the kernel puts them (the all-hands benchmark).
 
     ``impl`` selects the fast path through ``SFU_PURE_PYTHON`` (inherited by
-    the shard). Once the shard is up, signalling (and its threads) move to the
-    load generator's core, so the shard's core runs nothing but the shard.
+    the shard). ``source_dir``: run the ``sfu`` package found there (a checkout
+    of another commit, with its built extension) instead of this repository's.
     """
 
-    def __init__(self, impl: str, *, shard_core: int, other_core: int, run_dir: Path) -> None:
+    def __init__(self, impl: str, *, shard_core: int | None, other_core: int | None, run_dir: Path,
+                 shards: int = 1, subscribe_query: str = "", extra_env: dict[str, str] | None = None,
+                 source_dir: Path | None = None) -> None:
         self.impl = impl
         self.name = "ours" if impl == "cython" else "python"
         self.label = f"ours ({impl} fast path)"
+        self.shards = shards
         self.http_port = free_port()
-        self.rtc_port = free_port(socket.SOCK_DGRAM)
-        super().__init__(f"http://127.0.0.1:{self.http_port}")
-        env = dict(os.environ, SFU_PURE_PYTHON="1" if impl == "python" else "0")
+        self.rtc_port = free_port_range(shards) if shards > 1 else free_port(socket.SOCK_DGRAM)
+        super().__init__(f"http://127.0.0.1:{self.http_port}", subscribe_query=subscribe_query)
+        env = dict(os.environ, SFU_PURE_PYTHON="1" if impl == "python" else "0", **(extra_env or {}))
+        if source_dir is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source_dir), env.get("PYTHONPATH")]))
+        pinned = shards == 1 and shard_core is not None
         self.server = _ServerProcess(
             [sys.executable, "-m", "sfu", "serve", "--dev", "--http-port", str(self.http_port),
-             "--rtc-port", str(self.rtc_port), "--shards", "1", "--log-level", "warning"],
-            env, shard_core, run_dir / f"sfu-{impl}.log",
+             "--rtc-port", str(self.rtc_port), "--shards", str(shards), "--log-level", "warning"],
+            env, shard_core if pinned else None, run_dir / f"sfu-{impl}.log", cwd=source_dir or REPO,
         )
-        self.core = shard_core
-        self.other_core = other_core
+        self.core = shard_core if pinned else -1
+        self.other_core = other_core if pinned else None
         self.shard_pid: int | None = None
+        self.shard_pids: list[int] = []
 
     async def start(self) -> None:
         pid = await self.server.start()
         await self.server.wait_http(self.base_url + "/healthz")
-        shards = [c for c in procfs.children(pid) if "sfu.shard.main" in procfs.cmdline(c)]
-        if len(shards) != 1:
-            await self.server.stop()
-            raise TargetError(f"expected one shard process under pid {pid}, found {shards}")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:  # shards say Hello before /healthz answers; allow a moment all the same
+            shards = sorted(c for c in procfs.children(pid) if "sfu.shard.main" in procfs.cmdline(c))
+            if len(shards) == self.shards or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        if len(shards) != self.shards:
+            await self.server.stop(shards)
+            raise TargetError(f"expected {self.shards} shard process(es) under pid {pid}, found {shards}")
+        self.shard_pids = shards
         self.shard_pid = shards[0]
-        procfs.set_affinity_all_threads(pid, {self.other_core})
+        if self.other_core is not None:
+            procfs.set_affinity_all_threads(pid, {self.other_core})
         await super().start()
+
+    @property
+    def signalling_pid(self) -> int | None:
+        return self.server.proc.pid if self.server.proc is not None else None
+
+    def _is_our_shard(self, pid: int) -> bool:
+        """A shard of this server: its command line names one of our UDP ports."""
+        try:
+            argv = procfs.cmdline(pid).split()
+        except OSError:
+            return False
+        ports = {str(p) for p in self.media_ports()}
+        return "sfu.shard.main" in argv and any(a == "--rtc-port" and b in ports for a, b in zip(argv, argv[1:]))
 
     async def stop(self) -> None:
         await super().stop()
-        await self.server.stop([self.shard_pid] if self.shard_pid else [])
+        pids = set(self.shard_pids)
+        if self.server.alive and self.server.proc is not None:  # shards restarted by its supervisor
+            pids.update(c for c in procfs.children(self.server.proc.pid) if self._is_our_shard(c))
+        await self.server.stop(sorted(pids), still_ours=self._is_our_shard)
 
     def cpu_pids(self) -> list[int]:
-        return [self.shard_pid] if self.shard_pid else []
+        return list(self.shard_pids)
 
     def media_ports(self) -> set[int]:
-        return {self.rtc_port}
+        return {self.rtc_port + i for i in range(self.shards)}
 
     async def packets_sent(self) -> int | None:
         """``sfu_rtp_packets_sent_total`` from /metrics (a GetStats round trip to the shard)."""

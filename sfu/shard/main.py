@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import os
 import signal
+import sys
 
 import uvloop
 
@@ -55,6 +57,9 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    # The supervisor sends SIGUSR1 before killing a shard that stopped answering: the
+    # stack of whatever held it goes to the log.
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     parser = argparse.ArgumentParser(prog="sfu-shard")
     parser.add_argument("--shard-id", type=int, required=True)
     parser.add_argument("--rtc-host", required=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from .. import control, fastpath
+from .. import control, fastpath, loop_lag
 from .consumer import Consumer
 from .dtls import DtlsCertificate
 from .producer import Producer
@@ -98,6 +98,7 @@ class Shard:
         self._tick_task = self.loop.create_task(self._tick())
         self._simulcast_task = self.loop.create_task(self._simulcast_tick())
         self._audio_level_task = self.loop.create_task(self._audio_level_tick())
+        self._lag_task = self.loop.create_task(loop_lag.watch(self.log))
         return sock.getsockname()[1]
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -410,6 +411,7 @@ class Shard:
             self._tick_task.cancel()
             self._simulcast_task.cancel()
             self._audio_level_task.cancel()
+            self._lag_task.cancel()
         if self._engine_timer is not None:
             self._engine_timer.cancel()
         if self.sock is not None:

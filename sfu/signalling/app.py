@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .. import control
+from .. import control, loop_lag
 from ..config import Config
 from ..logs import get_logger
 from .active_speaker import ActiveSpeakers
@@ -52,6 +52,7 @@ class Signalling:
         return ShardProcess(shard_id, self.config, self.on_shard_notification)
 
     async def start_shards(self) -> None:
+        self._lag_task = asyncio.get_running_loop().create_task(loop_lag.watch(log, process="signalling"))
         for shard_id in range(self.config.shards):
             shard = self._new_shard(shard_id)
             await shard.start()
@@ -60,6 +61,7 @@ class Signalling:
             self.supervisor.watch(shard_id)
 
     async def stop_shards(self) -> None:
+        self._lag_task.cancel()
         self.events.close_all()
         await self.supervisor.stop()
         await asyncio.gather(*(s.stop(self.config.shutdown_timeout_s * 0.75) for s in self.shards))
@@ -123,10 +125,18 @@ class Signalling:
             self.speakers.forget(session.room, session.id)
             ended = {p.track_id or p.id for p in session.producers}
             room = self.rooms.room(session.room)
+            still_published = room is not None and bool(room.producers())
             for viewer in list(room.sessions.values()) if room is not None else []:
                 # Their consumers of these tracks got a BYE and are gone from the shard.
-                for consumer in [c for c, (_, track, _) in viewer.slots.items() if track in ended]:
+                watched = [c for c, (_, track, _) in viewer.slots.items() if track in ended]
+                for consumer in watched:
                     del viewer.slots[consumer]
+                if watched and still_published and viewer.kind == "whep" and not viewer.participant:
+                    # A WHEP viewer's tracks are fixed at its POST: the publisher it watched
+                    # left or moved (a drain publishes anew first), so it should POST again
+                    # to get what the room has now. Room API clients get track events instead.
+                    self.events.send(viewer.id, "reconnect", {
+                        "url": f"/whep/{viewer.room}", "reason": "a publisher it watched left or moved"})
             self.room_api.broadcast(session.room, {
                 "type": "track_unpublished", "participant": session.participant or None,
                 "tracks": self.room_api.tracks_of(session)})

@@ -18,6 +18,7 @@ drain timeout passed, it is stopped and replaced by a fresh process.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -91,6 +92,8 @@ class ShardSupervisor:
                     return f"exited with status {shard.process.returncode}"
                 silent_s = loop.time() - answered_at
                 if silent_s > DEAD_AFTER_S:
+                    shard.process.send_signal(signal.SIGUSR1)  # its stack to the log first
+                    await asyncio.sleep(0.05)
                     shard.process.kill()
                     await shard.process.wait()
                     return f"stopped answering (no ping answered for {silent_s:.1f} s); killed"
