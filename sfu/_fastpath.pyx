@@ -192,7 +192,7 @@ def is_keyframe(int codec, const unsigned char[::1] data, RtpInfo info):
 # per forwarded packet.
 # =====================================================================================
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t, uintptr_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t, uintptr_t
 from libc.string cimport memset, memmove, memcmp
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.errno cimport errno, EINTR
@@ -279,6 +279,14 @@ DEF PROBE_BURST_S = 0.02   # a probing consumer's padding may bunch up to this m
 DEF PACE_BURST_S = 0.04   # a transport paced at its own rate sends bursts of at most this much of it
 DEF PACE_MIN_BURST = 2400  # ... and never less than this (one large packet and a small one)
 DEF PROBE_SPAN = 8         # probes copy the consumer's newest packets, this many back
+DEF TWCC_RING = 1024       # packets sent to a transport-cc viewer whose send time and size we keep
+cdef extern from *:
+    """
+    #define TWCC_UNREPORTED (INT64_MIN + 1)  /* arrival of a packet no feedback mentioned yet */
+    #define TWCC_LOST (INT64_MIN + 2)        /* ... of one a feedback reported not received */
+    """
+    const int64_t TWCC_UNREPORTED
+    const int64_t TWCC_LOST
 
 # Drop reasons: index into Engine.drops; names exported for metrics.
 DROP_REASONS = (
@@ -564,6 +572,23 @@ cdef void _map_del(Map* m, uint64_t key) noexcept nogil:
 
 # --- control-plane records, kept in C arrays indexed by slot ---------------------------
 
+cdef struct TwccRec:
+    # Transport-wide congestion control (draft-holmer-rmcat-transport-wide-cc-extensions-01)
+    # of one viewer: what we sent it, by our transport-wide sequence number, and what its
+    # feedback said of each. Packet k (k-th stamped, from 0) is at k % TWCC_RING and
+    # carries sequence number k & 0xFFFF; only the last TWCC_RING are kept.
+    double sent[TWCC_RING]       # when it left (monotonic seconds)
+    int64_t arrival[TWCC_RING]   # receiver clock, 250 us ticks; TWCC_UNREPORTED, TWCC_LOST
+    uint16_t size[TWCC_RING]     # bytes on the wire (after SRTP)
+    uint64_t count               # packets stamped so far
+    uint64_t taken               # first packet take_twcc has not returned
+    uint64_t reported_end        # one past the newest packet a feedback reported
+    int has_ref
+    uint32_t last_ref            # the last feedback's 24-bit reference time
+    int64_t ref                  # ... unwrapped, in 64 ms units
+    uint64_t feedbacks
+
+
 cdef struct TransportRec:
     int in_use
     int has_addr
@@ -593,6 +618,8 @@ cdef struct TransportRec:
     double pace_rate   # bytes/s for this viewer, 0: the engine's rate
     double pace_burst
     int n_producers
+    int id_twcc       # transport-cc extension id we stamp on all we send (0: none)
+    TwccRec* twcc     # allocated only while id_twcc is set
 
 
 cdef struct ProducerRec:
@@ -812,6 +839,7 @@ cdef class Engine:
     cdef int probing_consumers
     cdef public uint64_t remb_falls
     cdef public uint64_t probe_packets, probe_bytes
+    cdef public uint64_t twcc_feedbacks
 
     def __cinit__(self):
         self.transports = NULL
@@ -860,6 +888,8 @@ cdef class Engine:
 
     def __dealloc__(self):
         cdef int i
+        for i in range(self.n_transports):
+            free(self.transports[i].twcc)
         for i in range(self.n_producers):
             free(self.producers[i].ring)
             free(self.producers[i].ring_len)
@@ -934,10 +964,27 @@ cdef class Engine:
         return t
 
     def set_transport_extensions(self, int t, *, int mid=0, int abs_send_time=0, int audio_level=0,
-                                 int rid=0, int repaired_rid=0):
+                                 int rid=0, int repaired_rid=0, int transport_cc=0):
+        """The ids of what the peer sends us; ``transport_cc``: the transport-wide sequence
+        number extension we stamp on all we send it (0: none; see ``add_consumer``)."""
         cdef TransportRec* tr = self._transport(t)
+        self._set_twcc(tr, transport_cc)
         tr.id_mid, tr.id_abs, tr.id_level = mid, abs_send_time, audio_level
         tr.id_rid, tr.id_rrid = rid, repaired_rid
+
+    cdef int _set_twcc(self, TransportRec* tr, int ext_id) except -1:
+        """Stamp (1-14) or stop stamping (0) transport-wide sequence numbers on transport tr."""
+        if ext_id < 0 or ext_id > 14:
+            raise ValueError(f"transport_cc must be a one-byte extension id 1-14, or 0: {ext_id}")
+        if ext_id == 0:
+            free(tr.twcc)
+            tr.twcc = NULL
+        elif tr.twcc == NULL:
+            tr.twcc = <TwccRec*>calloc(1, sizeof(TwccRec))
+            if tr.twcc == NULL:
+                raise MemoryError()
+        tr.id_twcc = ext_id
+        return 0
 
     def set_transport_address(self, int t, str host, int port):
         """Where the peer is (ICE told us): its datagrams are now recognised, ours go there."""
@@ -1020,6 +1067,9 @@ cdef class Engine:
                 self.remove_producer(i)
         if tr.has_addr and _map_get(&self.addr_map, tr.addr_key) == t:
             _map_del(&self.addr_map, tr.addr_key)
+        free(tr.twcc)
+        tr.twcc = NULL
+        tr.id_twcc = 0
         tr.in_use = 0
         self.srtp_refs[t] = None
 
@@ -1139,10 +1189,18 @@ cdef class Engine:
     def add_consumer(self, int t, int p, *, int payload_type, uint32_t ssrc, int rtx_payload_type=-1,
                      rtx_ssrc=None, bint nack=True, int mid=0, int abs_send_time=0, int audio_level=0,
                      bytes mid_value=b"", uint16_t first_seq=0, uint32_t first_ts=0,
-                     uint16_t first_rtx_seq=0) -> int:
-        """One producer delivered on transport ``t`` with the viewer's numbering."""
-        self._transport(t)
+                     uint16_t first_rtx_seq=0, int transport_cc=0) -> int:
+        """One producer delivered on transport ``t`` with the viewer's numbering.
+
+        ``transport_cc``: the viewer's transport-cc extension id (0: not negotiated). It
+        applies to the whole transport: from then on every packet sent there (media,
+        RTX, probes, padding of any consumer) carries the next transport-wide sequence
+        number, and the viewer's feedback about them is read (``take_twcc``).
+        """
+        cdef TransportRec* tr = self._transport(t)
         cdef ProducerRec* pr = self._producer(p)
+        if transport_cc:
+            self._set_twcc(tr, transport_cc)
         cdef int c = self._slot(<void**>&self.consumers, &self.n_consumers, sizeof(ConsumerRec))
         cdef ConsumerRec* cr = &self.consumers[c]
         cdef void* grown
@@ -1372,6 +1430,7 @@ cdef class Engine:
             "keyframe_requests_sent": self.pli_sent, "keyframe_requests_coalesced": self.pli_coalesced,
             "keyframe_history_starts": self.keyframe_history_starts,
             "probe_packets": self.probe_packets, "probe_bytes": self.probe_bytes,
+            "twcc_feedbacks": self.twcc_feedbacks,
         }
 
     # --- I/O ----------------------------------------------------------------------------
@@ -1730,11 +1789,13 @@ cdef class Engine:
         abs-send-time is stamped now, whether or not the publisher sent one: the
         viewer's delay-based estimate is about the path from us, and a timestamp from
         the publisher would count our queueing (pacer, probes, history replays) as
-        congestion on the viewer's link.
+        congestion on the viewer's link. A transport-cc viewer gets the next
+        transport-wide sequence number (``_emit`` counts it as sent).
         """
         cdef int elen = 0, pos
         cdef uint32_t abs24
         cdef uint8_t* ext = o + 12 + 4 * h.cc + 4
+        cdef TransportRec* tr = &self.transports[cr.transport]
         if cr.id_mid and cr.mid_len:
             ext[0] = (cr.id_mid << 4) | (cr.mid_len - 1)
             memcpy(ext + 1, cr.mid, cr.mid_len)
@@ -1746,6 +1807,10 @@ cdef class Engine:
             ext[elen + 2] = (abs24 >> 8) & 0xFF
             ext[elen + 3] = abs24 & 0xFF
             elen += 4
+        if tr.twcc != NULL:
+            ext[elen] = (tr.id_twcc << 4) | 1
+            _put16(ext + elen + 1, tr.twcc.count & 0xFFFF)
+            elen += 3
         if cr.id_level and h.level_off >= 0:
             ext[elen] = cr.id_level << 4
             ext[elen + 1] = buf[h.level_off]
@@ -1772,12 +1837,22 @@ cdef class Engine:
         return pos + h.payload_len
 
     cdef int _padding(self, ConsumerRec* cr, uint8_t* o, uint16_t seq, uint32_t ts) noexcept nogil:
-        """A padding-only packet (RFC 3550 §5.1) in the consumer's numbering."""
-        o[0] = 0xA0
+        """A padding-only packet (RFC 3550 §5.1) in the consumer's numbering; with the
+        transport-wide sequence number for a transport-cc viewer."""
+        cdef TransportRec* tr = &self.transports[cr.transport]
         o[1] = cr.pt
         _put16(o + 2, seq)
         _put32(o + 4, ts)
         _put32(o + 8, cr.ssrc)
+        if tr.twcc != NULL:
+            o[0] = 0xB0
+            _put32(o + 12, 0xBEDE0001)
+            o[16] = (tr.id_twcc << 4) | 1
+            _put16(o + 17, tr.twcc.count & 0xFFFF)
+            o[19] = 0
+            _put32(o + 20, 4)
+            return 24
+        o[0] = 0xA0
         _put32(o + 12, 4)
         return 16
 
@@ -1792,12 +1867,19 @@ cdef class Engine:
         """Protect the packet in the current out slot and queue it to transport t."""
         cdef TransportRec* tr = &self.transports[t]
         cdef uint8_t* out = self.out_buf + self.n_out * SLOT
-        cdef int status
+        cdef int status, i
         if tr.srtp_tx != NULL:
             status = _srtp_protect_rtcp(tr.srtp_tx, out, &n) if rtcp else _srtp_protect(tr.srtp_tx, out, &n)
             if status != 0:
                 self.drops[<int>D_SRTP_PROTECT] += 1
                 return
+        if tr.twcc != NULL and not rtcp:
+            # Stamped with this number by _rewrite or _padding: it is sent now.
+            i = tr.twcc.count % TWCC_RING
+            tr.twcc.sent[i] = _now()
+            tr.twcc.size[i] = n
+            tr.twcc.arrival[i] = TWCC_UNREPORTED
+            tr.twcc.count += 1
         self.out_iov[self.n_out].iov_len = n
         memcpy(&self.out_addr[self.n_out], &tr.addr, tr.addrlen)
         self.out_msgs[self.n_out].msg_hdr.msg_namelen = tr.addrlen
@@ -1983,6 +2065,9 @@ cdef class Engine:
                 while i + 4 <= end:
                     self._on_nack(t, media, _u16(buf + i), _u16(buf + i + 2), now)
                     i += 4
+            elif pt == 205 and fmt == 15:
+                if tr.twcc != NULL:
+                    self._on_twcc(tr.twcc, buf + pos, length)
             elif pt == 206 and length >= 12:
                 media = _u32(buf + pos + 8)
                 if fmt == 1:
@@ -2011,6 +2096,169 @@ cdef class Engine:
             pos = end
         if pos != n:
             self.drops[<int>D_RTCP_MALFORMED] += 1
+
+    cdef void _on_twcc(self, TwccRec* tw, const uint8_t* b, int n) noexcept nogil:
+        """Transport-wide feedback (RTPFB 15), ``n`` bytes at ``b``: mark what it says
+        arrived, when, and what was lost. Checked whole before anything is applied:
+        a malformed one is counted and changes nothing.
+
+        Fixed part: base sequence number, packet status count, 24-bit reference time
+        (64 ms), feedback packet count. Then status chunks, two bytes each: run length
+        (T=0: a 2-bit symbol repeated up to 8191 times) or status vector (T=1: fourteen
+        1-bit or seven 2-bit symbols), until the count is covered; then one receive
+        delta per received packet, in 250 us ticks: one unsigned byte for symbol 1
+        ("small"), two signed bytes for symbol 2 ("large or negative"). A symbol's value
+        is the size of its delta.
+        """
+        cdef int end = n, pos = 20, dpos, k = 0, i, sym, take, count, dlen = 0
+        cdef uint32_t chunk, raw
+        cdef int64_t ticks, diff
+        if n < 20:
+            self.drops[<int>D_RTCP_MALFORMED] += 1
+            return
+        if b[0] & 0x20:  # RTCP padding: its last byte counts it
+            if b[n - 1] == 0 or b[n - 1] > n - 20:
+                self.drops[<int>D_RTCP_MALFORMED] += 1
+                return
+            end = n - b[n - 1]
+        count = _u16(b + 14)
+        if count == 0:
+            self.drops[<int>D_RTCP_MALFORMED] += 1
+            return
+        while k < count:
+            if pos + 2 > end:
+                self.drops[<int>D_RTCP_MALFORMED] += 1
+                return
+            chunk = _u16(b + pos)
+            pos += 2
+            if not chunk & 0x8000:
+                sym = (chunk >> 13) & 3
+                take = min(<int>(chunk & 0x1FFF), count - k)
+                if take and sym == 3:
+                    self.drops[<int>D_RTCP_MALFORMED] += 1
+                    return
+                dlen += take * sym
+                k += take
+            elif not chunk & 0x4000:
+                i = 0
+                while i < 14 and k < count:
+                    dlen += (chunk >> (13 - i)) & 1
+                    k += 1
+                    i += 1
+            else:
+                i = 0
+                while i < 7 and k < count:
+                    sym = (chunk >> (12 - 2 * i)) & 3
+                    if sym == 3:
+                        self.drops[<int>D_RTCP_MALFORMED] += 1
+                        return
+                    dlen += sym
+                    k += 1
+                    i += 1
+        if pos + dlen > end:
+            self.drops[<int>D_RTCP_MALFORMED] += 1
+            return
+        # Valid: apply. The reference time is unwrapped by the shorter way round.
+        raw = (<uint32_t>b[16] << 16) | (<uint32_t>b[17] << 8) | b[18]
+        if tw.has_ref:
+            diff = (raw - tw.last_ref) & 0xFFFFFF
+            if diff >= 0x800000:
+                diff -= 0x1000000
+            tw.ref += diff
+        else:
+            tw.ref = raw
+            tw.has_ref = 1
+        tw.last_ref = raw
+        tw.feedbacks += 1
+        self.twcc_feedbacks += 1
+        ticks = tw.ref * 256
+        dpos = pos
+        pos = 20
+        k = 0
+        while k < count:
+            chunk = _u16(b + pos)
+            pos += 2
+            if not chunk & 0x8000:
+                sym = (chunk >> 13) & 3
+                take = min(<int>(chunk & 0x1FFF), count - k)
+                for i in range(take):
+                    ticks = self._twcc_status(tw, (_u16(b + 12) + k) & 0xFFFF, sym, b, &dpos, ticks)
+                    k += 1
+            else:
+                i = 0
+                while i < (14 if not chunk & 0x4000 else 7) and k < count:
+                    if chunk & 0x4000:
+                        sym = (chunk >> (12 - 2 * i)) & 3
+                    else:
+                        sym = (chunk >> (13 - i)) & 1
+                    ticks = self._twcc_status(tw, (_u16(b + 12) + k) & 0xFFFF, sym, b, &dpos, ticks)
+                    k += 1
+                    i += 1
+
+    cdef inline int64_t _twcc_status(self, TwccRec* tw, uint32_t seq, int sym, const uint8_t* b, int* dpos,
+                                     int64_t ticks) noexcept nogil:
+        """One packet's status: its arrival (a delta read at dpos, moving it) or its loss."""
+        cdef uint64_t back, k
+        cdef int i
+        if sym == 1:
+            ticks += b[dpos[0]]
+            dpos[0] += 1
+        elif sym == 2:
+            ticks += <int16_t>_u16(b + dpos[0])
+            dpos[0] += 2
+        # Our packet with this number, if it is among the last TWCC_RING sent.
+        back = (tw.count - seq) & 0xFFFF
+        if back == 0 or back > TWCC_RING or back > tw.count:
+            return ticks
+        k = tw.count - back
+        i = k % TWCC_RING
+        if sym:
+            if tw.arrival[i] == TWCC_UNREPORTED or tw.arrival[i] == TWCC_LOST:
+                tw.arrival[i] = ticks
+        elif tw.arrival[i] == TWCC_UNREPORTED:
+            tw.arrival[i] = TWCC_LOST
+        if k + 1 > tw.reported_end:
+            tw.reported_end = k + 1
+        return ticks
+
+    def take_twcc(self, int t) -> list:
+        """What the viewer's transport-wide feedback reported since the last call.
+
+        ``(send_time_s, arrival_time_s, size_bytes)`` per packet, in sending order,
+        up to the newest one any feedback mentioned; ``arrival_time_s`` is -1.0 for a
+        lost packet and otherwise on the receiver's clock (only differences mean
+        anything). Packets no feedback mentioned are left out. At most the last
+        1,024 packets sent; empty for a transport without transport-cc.
+        """
+        cdef TransportRec* tr = self._transport(t)
+        cdef TwccRec* tw = tr.twcc
+        cdef list out = []
+        cdef uint64_t k, start
+        cdef int i
+        cdef int64_t a
+        if tw == NULL:
+            return out
+        start = tw.taken
+        if tw.count > TWCC_RING and start < tw.count - TWCC_RING:
+            start = tw.count - TWCC_RING
+        k = start
+        while k < tw.reported_end:
+            i = k % TWCC_RING
+            a = tw.arrival[i]
+            if a != TWCC_UNREPORTED:
+                out.append((tw.sent[i], -1.0 if a == TWCC_LOST else a * 0.00025, tw.size[i]))
+            k += 1
+        if tw.reported_end > tw.taken:
+            tw.taken = tw.reported_end
+        return out
+
+    def transport_twcc(self, int t) -> dict:
+        """A transport's transport-cc state: the extension id (0: none), packets
+        stamped, feedback packets applied."""
+        cdef TransportRec* tr = self._transport(t)
+        if tr.twcc == NULL:
+            return {"id": 0, "sent": 0, "feedbacks": 0}
+        return {"id": tr.id_twcc, "sent": tr.twcc.count, "feedbacks": tr.twcc.feedbacks}
 
     cdef void _on_sender_report(self, int t, uint32_t ssrc, const uint8_t* info, double now) except *:
         """Keep LSR for our RR; send each consumer an SR in its own numbering (lip-sync)."""

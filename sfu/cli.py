@@ -41,6 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
         "dev": args.dev,
         "auth_secret": args.auth_secret,
         "log_level": args.log_level,
+        "recordings": args.recordings,
     }
     config = load_config(cli, config_path=args.config)
 
@@ -106,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--auth-secret", metavar="S", help="HS256 token secret (or $SFU_AUTH_SECRET)")
     serve.add_argument("--log-level", metavar="L", help=f"one of {', '.join(LOG_LEVELS)}")
+    serve.add_argument("--recordings", metavar="DIR", help="where recordings go (default ./recordings)")
 
     token = commands.add_parser("token", help="print a signed access token")
     token.set_defaults(command=_token)

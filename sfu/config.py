@@ -56,6 +56,8 @@ class Config:
     # Draining a shard (SIGTERM to it, or POST /api/shards/{id}/drain): how long its
     # peers get to move before it stops anyway.
     drain_timeout_s: float = 30.0
+    # Where recordings go (a directory per recording, relative to the working directory).
+    recordings: str = "recordings"
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Config))
@@ -221,6 +223,8 @@ def _check_ranges(config: Config, origin: dict[str, str]) -> None:
         fail("shard_max_cpu", "must be above 0 and at most 1 (one core)")
     if config.shard_max_viewers < 0:
         fail("shard_max_viewers", "must not be negative (0: no fixed count)")
+    if not config.recordings.strip():
+        fail("recordings", "is empty")
     if config.drain_timeout_s < 0:
         fail("drain_timeout_s", "must not be negative")
     if config.simulcast_max_layer is not None and not 0 <= config.simulcast_max_layer <= 2:

@@ -111,6 +111,38 @@ class Retarget(Struct):
     layer_producer_ids: list[str] = []  # the new track's layers, if simulcast
 
 
+class CloseConsumer(Struct):
+    consumer_id: str
+
+
+class RecordTrack(Struct):
+    """One RTP stream the recorder will receive (the shard's consumer numbering)."""
+
+    ssrc: int
+    kind: str
+    codec: str
+    payload_type: int
+    clock_rate: int
+    rtx_ssrc: int | None = None
+    rtx_payload_type: int | None = None
+
+
+class StartRecording(Struct):
+    """Record one publisher's tracks of a room recording into the next segment file."""
+
+    recording_id: str
+    room: str
+    publisher_id: str
+    tracks: list[RecordTrack]
+    shard_host: str
+    shard_port: int  # where its packets come from, and keyframe requests and NACKs go
+
+
+class StopRecording(Struct):
+    recording_id: str
+    publisher_id: str = ""  # "": every publisher of the recording
+
+
 class GetStats(Struct):
     pass
 
@@ -120,7 +152,7 @@ class Ping(Struct):
 
 
 Request = Union[CreateWebRtcTransport, RestartIce, CloseTransport, Produce, Consume, OpenRelay, CloseRelay,
-                CloseProducer, Retarget, GetStats, Ping]
+                CloseProducer, Retarget, CloseConsumer, StartRecording, StopRecording, GetStats, Ping]
 
 # --- notifications (shard -> signalling) ----------------------------------------------
 

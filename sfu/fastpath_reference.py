@@ -232,6 +232,9 @@ PROBE_BURST_S = 0.02   # a probing consumer's padding may bunch up to this much 
 PACE_BURST_S = 0.04   # a transport paced at its own rate sends bursts of at most this much of it
 PACE_MIN_BURST = 2400  # ... and never less than this (one large packet and a small one)
 PROBE_SPAN = 8         # probes copy the consumer's newest packets, this many back
+TWCC_RING = 1024       # packets sent to a transport-cc viewer whose send time and size we keep
+TWCC_UNREPORTED = -(1 << 63) + 1  # arrival of a packet no feedback mentioned yet
+TWCC_LOST = -(1 << 63) + 2        # ... of one a feedback reported not received
 KEYFRAME_ASK_INTERVAL_S = 1.0  # a waiting consumer asks for a keyframe at most this often
 
 DROP_REASONS = (
@@ -256,6 +259,7 @@ _SR_INFO = struct.Struct("!III")
 _RR_BLOCK = struct.Struct("!IIIIII")
 _RTCP_HEAD = struct.Struct("!BBHI")
 _PLI = struct.Struct("!BBHII")
+_TWCC_PADDING = struct.Struct("!BBHIIIBHBI")  # padding-only packet with the transport-wide sequence number
 
 
 class _Hdr:
@@ -440,7 +444,7 @@ class _Transport:
     __slots__ = ("has_addr", "addr", "srtp_rx", "srtp_tx", "sessions", "secure", "ready",
                  "id_mid", "id_abs", "id_level", "id_rid", "id_rrid", "last_seen", "rtcp_ssrc", "packets_in", "rtcp_in",
                  "bytes_in", "packets_out", "bytes_out", "remb_bps", "tokens", "tokens_at", "pace_rate", "pace_burst", "remb_fell",
-                 "n_producers")
+                 "n_producers", "id_twcc", "twcc")
 
     def __init__(self) -> None:
         self.has_addr = False
@@ -454,6 +458,29 @@ class _Transport:
         self.pace_rate = self.pace_burst = 0.0
         self.remb_fell = False
         self.n_producers = 0
+        self.id_twcc = 0  # transport-cc extension id we stamp on all we send (0: none)
+        self.twcc: _Twcc | None = None  # only while id_twcc is set
+
+
+class _Twcc:
+    """Transport-wide congestion control of one viewer (the C ``TwccRec``): what we sent
+    it by transport-wide sequence number, and what its feedback said of each. Packet k
+    (k-th stamped, from 0) is at k % TWCC_RING and carries sequence number k & 0xFFFF."""
+
+    __slots__ = ("sent", "arrival", "size", "count", "taken", "reported_end", "has_ref", "last_ref", "ref",
+                 "feedbacks")
+
+    def __init__(self) -> None:
+        self.sent = [0.0] * TWCC_RING      # when it left (monotonic seconds)
+        self.arrival = [0] * TWCC_RING     # receiver clock, 250 us ticks; TWCC_UNREPORTED, TWCC_LOST
+        self.size = [0] * TWCC_RING        # bytes on the wire (after SRTP)
+        self.count = 0                     # packets stamped so far
+        self.taken = 0                     # first packet take_twcc has not returned
+        self.reported_end = 0              # one past the newest packet a feedback reported
+        self.has_ref = False
+        self.last_ref = 0                  # the last feedback's 24-bit reference time
+        self.ref = 0                       # ... unwrapped, in 64 ms units
+        self.feedbacks = 0
 
 
 class _Producer:
@@ -515,6 +542,7 @@ class Engine:
         self._probing_consumers = 0
         self.remb_falls = 0
         self.probe_packets = self.probe_bytes = 0
+        self.twcc_feedbacks = 0
 
     def __del__(self) -> None:
         sock = getattr(self, "_sock", None)
@@ -556,10 +584,25 @@ class Engine:
         return _slot(self._transports, tr)
 
     def set_transport_extensions(self, t: int, *, mid: int = 0, abs_send_time: int = 0,
-                                 audio_level: int = 0, rid: int = 0, repaired_rid: int = 0) -> None:
+                                 audio_level: int = 0, rid: int = 0, repaired_rid: int = 0,
+                                 transport_cc: int = 0) -> None:
+        """The ids of what the peer sends us; ``transport_cc``: the transport-wide sequence
+        number extension we stamp on all we send it (0: none; see ``add_consumer``)."""
         tr = self._transport(t)
+        self._set_twcc(tr, int(transport_cc))
         tr.id_mid, tr.id_abs, tr.id_level = int(mid), int(abs_send_time), int(audio_level)
         tr.id_rid, tr.id_rrid = int(rid), int(repaired_rid)
+
+    @staticmethod
+    def _set_twcc(tr: _Transport, ext_id: int) -> None:
+        """Stamp (1-14) or stop stamping (0) transport-wide sequence numbers on transport tr."""
+        if not 0 <= ext_id <= 14:
+            raise ValueError(f"transport_cc must be a one-byte extension id 1-14, or 0: {ext_id}")
+        if ext_id == 0:
+            tr.twcc = None
+        elif tr.twcc is None:
+            tr.twcc = _Twcc()
+        tr.id_twcc = ext_id
 
     def set_transport_address(self, t: int, host: str, port: int) -> None:
         """Where the peer is (ICE told us): its datagrams are now recognised, ours go there."""
@@ -632,6 +675,7 @@ class Engine:
                 self.remove_producer(i)
         if tr.has_addr and self._addr_map.get(tr.addr) == t:
             del self._addr_map[tr.addr]
+        tr.twcc = None
         self._transports[t] = None
 
     # --- control: producers -----------------------------------------------------------
@@ -740,16 +784,24 @@ class Engine:
     def add_consumer(self, t: int, p: int, *, payload_type: int, ssrc: int, rtx_payload_type: int = -1,
                      rtx_ssrc: int | None = None, nack: bool = True, mid: int = 0, abs_send_time: int = 0,
                      audio_level: int = 0, mid_value: bytes = b"", first_seq: int = 0, first_ts: int = 0,
-                     first_rtx_seq: int = 0) -> int:
-        """One producer delivered on transport ``t`` with the viewer's numbering."""
+                     first_rtx_seq: int = 0, transport_cc: int = 0) -> int:
+        """One producer delivered on transport ``t`` with the viewer's numbering.
+
+        ``transport_cc``: the viewer's transport-cc extension id (0: not negotiated). It
+        applies to the whole transport: from then on every packet sent there (media,
+        RTX, probes, padding of any consumer) carries the next transport-wide sequence
+        number, and the viewer's feedback about them is read (``take_twcc``).
+        """
         ssrc = _check_uint(ssrc, 32)
         first_seq = _check_uint(first_seq, 16)
         first_ts = _check_uint(first_ts, 32)
         first_rtx_seq = _check_uint(first_rtx_seq, 16)
         if not isinstance(mid_value, bytes):
             raise TypeError(f"mid_value must be bytes, not {type(mid_value).__name__}")
-        self._transport(t)
+        tr = self._transport(t)
         pr = self._producer(p)
+        if transport_cc:
+            self._set_twcc(tr, int(transport_cc))
         cr = _Consumer()
         cr.transport = t
         cr.producer = p
@@ -953,6 +1005,7 @@ class Engine:
             "keyframe_requests_sent": self.pli_sent, "keyframe_requests_coalesced": self.pli_coalesced,
             "keyframe_history_starts": self.keyframe_history_starts,
             "probe_packets": self.probe_packets, "probe_bytes": self.probe_bytes,
+            "twcc_feedbacks": self.twcc_feedbacks,
         }
 
     # --- I/O ----------------------------------------------------------------------------
@@ -1248,22 +1301,26 @@ class Engine:
         if track:
             cr.pic_reset = False
 
-    @classmethod
-    def _rewrite(cls, cr: _Consumer, buf: bytes, h: _Hdr, seq: int, track: bool, now: float) -> bytes:
+    def _rewrite(self, cr: _Consumer, buf: bytes, h: _Hdr, seq: int, track: bool, now: float) -> bytes:
         """The viewer's copy: its SSRC, seq, ts, PT; extensions in its ids; no padding.
 
         abs-send-time is stamped now, whether or not the publisher sent one: the
         viewer's delay-based estimate is about the path from us, and a timestamp from
         the publisher would count our queueing (pacer, probes, history replays) as
-        congestion on the viewer's link.
+        congestion on the viewer's link. A transport-cc viewer gets the next
+        transport-wide sequence number (``_emit`` counts it as sent).
         """
         ext = bytearray()
+        tr = self._transports[cr.transport]
         if cr.id_mid and cr.mid:
             ext.append(((cr.id_mid << 4) | (len(cr.mid) - 1)) & 0xFF)
             ext += cr.mid
         if cr.id_abs:
             ext.append(((cr.id_abs << 4) | 2) & 0xFF)
             ext += (int(now * 262144.0) & 0xFFFFFF).to_bytes(3, "big")  # 6.18 fixed-point seconds
+        if tr.twcc is not None:
+            ext.append(((tr.id_twcc << 4) | 1) & 0xFF)
+            ext += _U16.pack(tr.twcc.count & 0xFFFF)
         if cr.id_level and h.level_off >= 0:
             ext.append((cr.id_level << 4) & 0xFF)
             ext.append(buf[h.level_off])
@@ -1278,12 +1335,16 @@ class Engine:
         start = len(out)
         out += buf[h.payload_off:h.payload_off + h.payload_len]
         if cr.is_vp8:
-            cls._vp8(cr, out, start, h.payload_len, track)
+            self._vp8(cr, out, start, h.payload_len, track)
         return bytes(out)
 
-    @staticmethod
-    def _padding(cr: _Consumer, seq: int, ts: int) -> bytes:
-        """A padding-only packet (RFC 3550 §5.1) in the consumer's numbering."""
+    def _padding(self, cr: _Consumer, seq: int, ts: int) -> bytes:
+        """A padding-only packet (RFC 3550 §5.1) in the consumer's numbering; with the
+        transport-wide sequence number for a transport-cc viewer."""
+        tr = self._transports[cr.transport]
+        if tr.twcc is not None:
+            return _TWCC_PADDING.pack(0xB0, cr.pt & 0x7F, seq, ts, cr.ssrc, 0xBEDE0001, ((tr.id_twcc << 4) | 1) & 0xFF,
+                                      tr.twcc.count & 0xFFFF, 0, 4)
         return _HEADER.pack(0xA0, cr.pt & 0x7F, seq, ts, cr.ssrc) + b"\x00\x00\x00\x04"
 
     # --- egress -------------------------------------------------------------------------
@@ -1296,6 +1357,14 @@ class Engine:
             if out is None:
                 self._drops[D_SRTP_PROTECT] += 1
                 return
+        tw = tr.twcc
+        if tw is not None and not rtcp:
+            # Stamped with this number by _rewrite or _padding: it is sent now.
+            i = tw.count % TWCC_RING
+            tw.sent[i] = time.monotonic()
+            tw.size[i] = len(out)
+            tw.arrival[i] = TWCC_UNREPORTED
+            tw.count += 1
         try:
             self._sock.sendto(out, tr.addr)
         except OSError:
@@ -1447,6 +1516,9 @@ class Engine:
                     pid, blp = struct.unpack_from("!HH", buf, i)
                     self._on_nack(t, media, pid, blp, now)
                     i += 4
+            elif pt == 205 and fmt == 15:
+                if tr.twcc is not None:
+                    self._on_twcc(tr.twcc, buf[pos:end])
             elif pt == 206 and length >= 12:
                 media = _U32.unpack_from(buf, pos + 8)[0]
                 if fmt == 1:
@@ -1468,6 +1540,119 @@ class Engine:
             pos = end
         if pos != n:
             self._drops[D_RTCP_MALFORMED] += 1
+
+    def _on_twcc(self, tw: _Twcc, b: bytes) -> None:
+        """Transport-wide feedback (RTPFB 15): mark what it says arrived, when, and what
+        was lost. Checked whole before anything is applied: a malformed one is counted
+        and changes nothing.
+
+        Fixed part: base sequence number, packet status count, 24-bit reference time
+        (64 ms), feedback packet count. Then status chunks, two bytes each: run length
+        (T=0: a 2-bit symbol repeated up to 8191 times) or status vector (T=1: fourteen
+        1-bit or seven 2-bit symbols), until the count is covered; then one receive
+        delta per received packet, in 250 us ticks: one unsigned byte for symbol 1
+        ("small"), two signed bytes for symbol 2 ("large or negative"). A symbol's value
+        is the size of its delta.
+        """
+        n = end = len(b)
+        if n < 20:
+            self._drops[D_RTCP_MALFORMED] += 1
+            return
+        if b[0] & 0x20:  # RTCP padding: its last byte counts it
+            if b[n - 1] == 0 or b[n - 1] > n - 20:
+                self._drops[D_RTCP_MALFORMED] += 1
+                return
+            end = n - b[n - 1]
+        base, count = struct.unpack_from("!HH", b, 12)
+        if count == 0:
+            self._drops[D_RTCP_MALFORMED] += 1
+            return
+        symbols: list[int] = []  # one per packet status, in order
+        pos = 20
+        while len(symbols) < count:
+            if pos + 2 > end:
+                self._drops[D_RTCP_MALFORMED] += 1
+                return
+            chunk = (b[pos] << 8) | b[pos + 1]
+            pos += 2
+            left = count - len(symbols)
+            if not chunk & 0x8000:  # run length
+                take = min(chunk & 0x1FFF, left)
+                if take and (chunk >> 13) & 3 == 3:
+                    self._drops[D_RTCP_MALFORMED] += 1
+                    return
+                symbols += [(chunk >> 13) & 3] * take
+            elif not chunk & 0x4000:  # status vector, fourteen 1-bit symbols
+                symbols += [(chunk >> (13 - i)) & 1 for i in range(min(14, left))]
+            else:  # status vector, seven 2-bit symbols
+                taken = [(chunk >> (12 - 2 * i)) & 3 for i in range(min(7, left))]
+                if 3 in taken:
+                    self._drops[D_RTCP_MALFORMED] += 1
+                    return
+                symbols += taken
+        if pos + sum(symbols) > end:
+            self._drops[D_RTCP_MALFORMED] += 1
+            return
+        # Valid: apply. The reference time is unwrapped by the shorter way round.
+        raw = (b[16] << 16) | (b[17] << 8) | b[18]
+        if tw.has_ref:
+            diff = (raw - tw.last_ref) & 0xFFFFFF
+            tw.ref += diff - 0x1000000 if diff >= 0x800000 else diff
+        else:
+            tw.ref = raw
+            tw.has_ref = True
+        tw.last_ref = raw
+        tw.feedbacks += 1
+        self.twcc_feedbacks += 1
+        ticks = tw.ref * 256
+        for k, sym in enumerate(symbols):
+            if sym == 1:
+                ticks += b[pos]
+                pos += 1
+            elif sym == 2:
+                ticks += struct.unpack_from("!h", b, pos)[0]
+                pos += 2
+            # Our packet with this number, if it is among the last TWCC_RING sent.
+            back = (tw.count - base - k) & 0xFFFF
+            if back == 0 or back > TWCC_RING or back > tw.count:
+                continue
+            sent = tw.count - back
+            i = sent % TWCC_RING
+            if sym:
+                if tw.arrival[i] in (TWCC_UNREPORTED, TWCC_LOST):
+                    tw.arrival[i] = ticks
+            elif tw.arrival[i] == TWCC_UNREPORTED:
+                tw.arrival[i] = TWCC_LOST
+            tw.reported_end = max(tw.reported_end, sent + 1)
+
+    def take_twcc(self, t: int) -> list[tuple[float, float, int]]:
+        """What the viewer's transport-wide feedback reported since the last call.
+
+        ``(send_time_s, arrival_time_s, size_bytes)`` per packet, in sending order,
+        up to the newest one any feedback mentioned; ``arrival_time_s`` is -1.0 for a
+        lost packet and otherwise on the receiver's clock (only differences mean
+        anything). Packets no feedback mentioned are left out. At most the last
+        1,024 packets sent; empty for a transport without transport-cc.
+        """
+        tw = self._transport(t).twcc
+        if tw is None:
+            return []
+        out = []
+        for k in range(max(tw.taken, tw.count - TWCC_RING), tw.reported_end):
+            i = k % TWCC_RING
+            a = tw.arrival[i]
+            if a != TWCC_UNREPORTED:
+                out.append((tw.sent[i], -1.0 if a == TWCC_LOST else a * 0.00025, tw.size[i]))
+        tw.taken = max(tw.taken, tw.reported_end)
+        return out
+
+    def transport_twcc(self, t: int) -> dict:
+        """A transport's transport-cc state: the extension id (0: none), packets
+        stamped, feedback packets applied."""
+        tr = self._transport(t)
+        if tr.twcc is None:
+            return {"id": 0, "sent": 0, "feedbacks": 0}
+        return {"id": tr.id_twcc, "sent": tr.twcc.count, "feedbacks": tr.twcc.feedbacks}
 
     def _on_sender_report(self, t: int, ssrc: int, buf: bytes, info: int, now: float) -> None:
         """Keep LSR for our RR; send each consumer an SR in its own numbering (lip-sync)."""

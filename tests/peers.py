@@ -114,18 +114,25 @@ class Publisher:
 
 async def publish(base_url: str, room: str, *, video: bool = True, audio: bool = True,
                   token: str | None = None, size: tuple[int, int] = (VIDEO_WIDTH, VIDEO_HEIGHT),
-                  amplitude: int = 8000) -> Publisher:
+                  amplitude: int = 8000, query: str = "", tracks: list[MediaStreamTrack] | None = None
+                  ) -> Publisher:
+    """A WHIP publisher of a moving square and a tone (or of ``tracks``, audio then video)."""
     pc = new_peer_connection()
     track = None
     tone = None
-    if audio:
-        tone = ToneTrack(amplitude)
-        pc.addTransceiver(tone, direction="sendonly")
-    if video:
-        track = MovingSquareTrack(*size)
-        pc.addTransceiver(track, direction="sendonly")
+    if tracks is not None:
+        for t in tracks:
+            pc.addTransceiver(t, direction="sendonly")
+    else:
+        if audio:
+            tone = ToneTrack(amplitude)
+            pc.addTransceiver(tone, direction="sendonly")
+        if video:
+            track = MovingSquareTrack(*size)
+            pc.addTransceiver(track, direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
-    status, text, headers = await _post(base_url, f"/whip/{room}", pc.localDescription.sdp, token)
+    path = f"/whip/{room}" + (f"?{query}" if query else "")
+    status, text, headers = await _post(base_url, path, pc.localDescription.sdp, token)
     if status != 201:
         await pc.close()
         raise WhipError(status, text)

@@ -341,6 +341,11 @@ class Shard:
             layers = [self.producers[i] for i in body.layer_producer_ids if i in self.producers]
             consumer.retarget(producer, layers if len(layers) > 1 else [])
             return None
+        if isinstance(body, control.CloseConsumer):
+            consumer = self.consumers.get(body.consumer_id)
+            if consumer is not None:
+                consumer.close()
+            return None
         if isinstance(body, control.RestartIce):
             transport = self._transport(body.transport_id)
             self.by_ufrag.pop(transport.local_ufrag, None)

@@ -19,6 +19,7 @@ from .events import EventStreams
 from .last_n import LastN
 from .metrics import ShardCollector
 from .placement import ShardState, place_publisher, place_viewer
+from .recordings import Recordings
 from .relays import Relays
 from .resources import Resources
 from .room_api import RoomApi
@@ -46,6 +47,7 @@ class Signalling:
         self.speakers = ActiveSpeakers(self._on_speaker)
         self.room_api = RoomApi(self)
         self.last_n = LastN(self)
+        self.recordings = Recordings(self)
         self._background: set[asyncio.Task[Any]] = set()
 
     def _new_shard(self, shard_id: int) -> ShardProcess:
@@ -61,6 +63,7 @@ class Signalling:
             self.supervisor.watch(shard_id)
 
     async def stop_shards(self) -> None:
+        await self.recordings.stop_all()
         self._lag_task.cancel()
         self.events.close_all()
         await self.supervisor.stop()
@@ -120,6 +123,7 @@ class Signalling:
         log.info("session ended", room=session.room, peer=session.id, kind=session.kind, reason=reason,
                  shard=session.shard, participant=session.participant)
         if session.kind == "whip":
+            self._spawn(self.recordings.on_publisher_left(session))
             for producer in session.producers:
                 self.relays.producer_ended(producer)
             self.speakers.forget(session.room, session.id)
@@ -151,6 +155,12 @@ class Signalling:
         self.room_api.broadcast(session.room, {
             "type": "track_published", "participant": session.participant or None,
             "tracks": self.room_api.tracks_of(session)})
+        self._spawn(self.recordings.on_published(session))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _on_audio_levels(self, levels: list[tuple[str, float, float]]) -> None:
         by_room: dict[str, dict[str, tuple[float, float]]] = {}
@@ -168,9 +178,7 @@ class Signalling:
                  level_dbov=round(level_dbov, 1))
         self.room_api.broadcast(room, {"type": "active_speaker", "participant": session.participant or None
                                        if session else None, "session": stream, "level_dbov": round(level_dbov, 1)})
-        task = asyncio.get_running_loop().create_task(self.last_n.update_room(room))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(self.last_n.update_room(room))
 
     def room_event(self, room: Room, event: str, data: dict[str, Any]) -> None:
         for session in list(room.sessions.values()):
@@ -212,6 +220,9 @@ class Signalling:
         self.collector.drains = self.supervisor.drains
         self.collector.relay_copies = self.relays.copies_made
         self.collector.events_sent = self.events.sent
+        self.collector.recorder = await self.recordings.stats()
+        self.collector.recordings_active = len(self.recordings.active)
+        self.collector.recorder_restarts = self.recordings.restarts
         return web.Response(body=generate_latest(self.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -233,6 +244,7 @@ class Signalling:
         app.add_routes(Resources(self).routes())
         app.add_routes(AdminApi(self).routes())
         app.add_routes(self.room_api.routes())
+        app.add_routes(self.recordings.routes())
         app.add_routes([
             web.get("/metrics", self.metrics),
             web.get("/healthz", self.healthz),

@@ -21,6 +21,9 @@ class ShardCollector(Collector):
         self.drains = 0
         self.relay_copies = 0
         self.events_sent = 0
+        self.recorder: dict[str, Any] | None = None
+        self.recordings_active = 0
+        self.recorder_restarts = 0
 
     def collect(self) -> Iterable[Any]:
         sessions = GaugeMetricFamily("sfu_peers", "Peers with a live session", labels=["kind"])
@@ -42,6 +45,16 @@ class ShardCollector(Collector):
                                   value=self.drains)
         yield CounterMetricFamily("sfu_relay_copies", "Tracks copied to another shard through the relay",
                                   value=self.relay_copies)
+        yield GaugeMetricFamily("sfu_recordings_in_progress", "Rooms being recorded", value=self.recordings_active)
+        yield CounterMetricFamily("sfu_recorder_restarts", "Recorder processes replaced after dying",
+                                  value=self.recorder_restarts)
+        rec = self.recorder or {}
+        yield CounterMetricFamily("sfu_recording_written_bytes", "Bytes written to recording files",
+                                  value=rec.get("bytes_written", 0))
+        yield CounterMetricFamily("sfu_recording_lost_packets", "RTP packets lost before muxing (given up)",
+                                  value=rec.get("lost_packets", 0))
+        yield GaugeMetricFamily("sfu_recording_lag_seconds", "Longest wait of a frame from arrival to the file",
+                                value=rec.get("lag_seconds", 0.0))
         yield CounterMetricFamily("sfu_session_events", "Server-sent events queued to clients (reconnect, ...)",
                                   value=self.events_sent)
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from sfu.signalling.sdp import EXT_RID, EXT_REPAIRED_RID, Codec, MediaAnswer, MediaOffer, Offer, SdpError
+from sfu.signalling.sdp import (
+    EXT_REPAIRED_RID, EXT_RID, EXT_TRANSPORT_CC, FB_TRANSPORT_CC, Codec, MediaAnswer, MediaOffer, Offer, SdpError,
+)
 
 AUDIO_PREFERENCE = ("opus",)
 VIDEO_PREFERENCE = ("VP8", "H264")
@@ -29,6 +31,31 @@ class TrackInfo:
     send_rtx_ssrc: int | None
     cname: str
     msid: str  # "streamid trackid"
+
+
+def _without_transport_cc(answer: MediaAnswer) -> MediaAnswer:
+    """The answer with transport-wide congestion control left out (extension and feedback)."""
+    codec = answer.codec
+    if codec is not None and FB_TRANSPORT_CC in codec.rtcp_fb:
+        codec = replace(codec, rtcp_fb=tuple(fb for fb in codec.rtcp_fb if fb != FB_TRANSPORT_CC))
+    extensions = {uri: i for uri, i in answer.extensions.items() if uri != EXT_TRANSPORT_CC}
+    return replace(answer, codec=codec, extensions=extensions)
+
+
+def _viewer_transport_cc(answers: list[MediaAnswer]) -> list[MediaAnswer]:
+    """Keep transport-cc for a viewer only when its offer made it usable for video.
+
+    The extension on the m-line and ``a=rtcp-fb:<pt> transport-cc`` on a video codec
+    we send: then the viewer (Chrome, Firefox) sends transport-wide feedback for the
+    sequence numbers the engine stamps on everything it sends to that transport, and
+    Chrome stops sending REMB. With only one of the two, neither is answered, and
+    the viewer's estimate stays REMB plus loss.
+    """
+    usable = any(a.direction == "sendonly" and a.offer.kind == "video" and a.codec is not None
+                 and FB_TRANSPORT_CC in a.codec.rtcp_fb and EXT_TRANSPORT_CC in a.extensions for a in answers)
+    if usable:
+        return answers
+    return [_without_transport_cc(a) for a in answers]
 
 
 def _usable(m: MediaOffer) -> bool:
@@ -84,10 +111,13 @@ def answer_publish(offer: Offer) -> list[MediaAnswer]:
     for m in offer.media:
         codecs = [c for c in m.codecs if c.name in _PREFERENCE.get(m.kind, ())]
         if _usable(m) and m.direction in ("sendonly", "sendrecv") and codecs:
-            answers.append(MediaAnswer(offer=m, direction="recvonly", codec=_with_rtx_if_nack(codecs[0]),
-                                       extensions=dict(m.extensions), recv_rids=_simulcast_rids(m)))
+            answer = MediaAnswer(offer=m, direction="recvonly", codec=_with_rtx_if_nack(codecs[0]),
+                                 extensions=dict(m.extensions), recv_rids=_simulcast_rids(m))
         else:
-            answers.append(_idle(m))
+            answer = _idle(m)
+        # We send publishers no transport-wide feedback (they get REMB and receiver
+        # reports), so their send-side estimator must not wait for any.
+        answers.append(_without_transport_cc(answer))
     if any(a.direction == "recvonly" for a in answers):
         return answers
 
@@ -143,7 +173,9 @@ def answer_subscribe(
         ))
         matches.append((m.index, track, codec))
     if matches:
-        return answers, matches
+        answers = _viewer_transport_cc(answers)
+        # The codec each placed track goes out with, as answered.
+        return answers, [(i, track, answers[i].codec or codec) for i, track, codec in matches]
     raise SdpError(422, _no_match_reason(offer, tracks))
 
 

@@ -138,10 +138,18 @@ class Resources:
         offer = await self._read_offer(request)
         if isinstance(offer, web.Response):
             return offer
+        record = request.query.get("record", "0")
+        if record not in ("0", "1"):
+            return error(400, "record must be 0 or 1")
         try:
             session, sdp = await self.s.sessions.publish(room, offer)
         except JoinError as exc:
             return self._refused(exc)
+        if record == "1":
+            try:
+                await self.s.recordings.start(room)
+            except (RuntimeError, control.ControlError) as exc:
+                log.error("recording could not start", room=room, peer=session.id, error=str(exc))
         return self._answer(session, sdp)
 
     async def post_whep(self, request: web.Request) -> web.Response:

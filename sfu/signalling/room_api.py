@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from ..auth import AuthError, Grant, verify_token
+from ..control import ControlError
 from ..logs import get_logger
 from .sdp import SdpError, parse_offer
 from .sessions import JoinError, Subscription
@@ -216,8 +217,10 @@ class RoomApi:
     def _joined(self, participant: Participant, message: dict[str, Any]) -> dict[str, Any]:
         room = participant.room
         others = [p.json() for p in self.rooms.get(room, {}).values() if p.id != participant.id]
+        recording = self.s.recordings.active.get(room)
         reply = {"type": "joined", "participant": participant.id, "room": room, "participants": others,
-                 "tracks": self.tracks(room), "speaker": self._speaker(room)}
+                 "tracks": self.tracks(room), "speaker": self._speaker(room),
+                 "recording": recording.id if recording is not None else None}
         if "id" in message:
             reply["id"] = message["id"]
         return reply
@@ -264,6 +267,20 @@ class RoomApi:
             if session is not None:
                 await self.s.end_session(session, f"{kind} by the participant")
             return {"type": "ok"}
+        if kind == "record":
+            # Starting or stopping the room's recording is a publisher's call.
+            self._allowed(participant, "publish")
+            on = message.get("on")
+            if not isinstance(on, bool):
+                raise RequestError(400, 'record needs "on": true or false')
+            try:
+                if on:
+                    recording = await self.s.recordings.start(participant.room)
+                    return {"type": "recording", "on": True, "id": recording.id}
+                stopped = await self.s.recordings.stop(participant.room, "stopped by a participant")
+            except (RuntimeError, ControlError) as exc:
+                raise RequestError(503, f"recorder unavailable: {exc}") from None
+            return {"type": "recording", "on": False, "id": stopped.id if stopped else None}
         if kind == "leave":
             return {"type": "left"}
         if kind == "ping":

@@ -37,8 +37,12 @@ EXT_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 EXT_REPAIRED_RID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 EXT_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 EXT_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
-SUPPORTED_EXTENSIONS = (EXT_MID, EXT_RID, EXT_REPAIRED_RID, EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL)
-SUPPORTED_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb")
+EXT_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+SUPPORTED_EXTENSIONS = (EXT_MID, EXT_RID, EXT_REPAIRED_RID, EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_TRANSPORT_CC)
+FB_TRANSPORT_CC = "transport-cc"
+SUPPORTED_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb", FB_TRANSPORT_CC)
+"""Parsed from offers; whether an answer keeps transport-wide congestion control (the
+extension and ``transport-cc``) is ``negotiation``'s decision: viewers only."""
 
 PROFILE = "UDP/TLS/RTP/SAVPF"
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")

@@ -1313,7 +1313,7 @@ def test_srtp_both_ways(make_rig: Callable[..., Rig], profile: int) -> None:
 
 D_VIEWERS = [
     {"ids": {"mid": 9, "abs_send_time": 5, "audio_level": 6}, "rtx": True, "nack": True},
-    {"ids": {"mid": 3}, "rtx": False, "nack": True},
+    {"ids": {"mid": 3, "transport_cc": 7}, "rtx": False, "nack": True},  # everything it gets is numbered
     {"ids": {}, "rtx": False, "nack": False},
 ]
 # (kind, codec, pt, rtx pt, ssrc, rtx ssrc, mid): the H264 SSRCs are learnt from the mid.
@@ -1396,6 +1396,8 @@ class DWorld:
             "producers": producers,
             "consumers": {k: e.consumer_stats(c) for k, c in self.consumers.items()},
             "remb": [e.transport_remb_bps(t) for t in self.viewers],
+            # Send times are each engine's own clock; arrivals and sizes must match.
+            "twcc": [(e.transport_twcc(t), [(a, n) for _, a, n in e.take_twcc(t)]) for t in self.viewers],
             "slow_path": self.rig.slow_path,
         }
 
@@ -1450,7 +1452,7 @@ def d_rtcp_from_viewer(draw: st.DrawFn, first_seqs: list[int]) -> tuple[int, byt
                                                               d_consumer_ssrc(v, p, True), 0x9999]))
     parts = []
     for _ in range(draw(st.integers(1, 3))):
-        which = draw(st.sampled_from(["nack", "nack", "pli", "fir", "remb", "rr", "sr"]))
+        which = draw(st.sampled_from(["nack", "nack", "pli", "fir", "remb", "rr", "sr", "twcc"]))
         if which == "nack":  # mostly near the start, where the opening and the bursts put packets
             seqs = draw(st.lists(st.sampled_from([0, 0, 1, 2]) | st.integers(0, 12) | st.integers(-2, 95),
                                  min_size=1, max_size=6))
@@ -1463,9 +1465,26 @@ def d_rtcp_from_viewer(draw: st.DrawFn, first_seqs: list[int]) -> tuple[int, byt
             parts.append(make_rtcp_remb(0xA0 + v, draw(st.integers(0, (1 << 18) - 1)), draw(st.integers(0, 63))))
         elif which == "rr":
             parts.append(make_rtcp_rr(0xA0 + v))
+        elif which == "twcc":
+            parts.append(_d_twcc(draw, 0xA0 + v, media))
         else:
             parts.append(make_rtcp_sr(0xA0 + v))
     return 1 + v, b"".join(parts)
+
+
+def _d_twcc(draw: st.DrawFn, sender: int, media: int) -> bytes:
+    """Transport-wide feedback (two-bit status vectors) about the first numbers sent."""
+    count = draw(st.integers(1, 30))
+    symbols = draw(st.lists(st.sampled_from([0, 1, 1, 2]), min_size=count, max_size=count))
+    body = struct.pack("!IIHHI", sender, media, draw(st.integers(0, 40)), count, draw(st.integers(0, 0xFFFFFFFF)))
+    for i in range(0, count, 7):
+        part = symbols[i:i + 7] + [0] * (7 - len(symbols[i:i + 7]))
+        body += struct.pack("!H", 0xC000 | sum(sym << (12 - 2 * k) for k, sym in enumerate(part)))
+    for sym in symbols:
+        body += struct.pack("!B", draw(st.integers(0, 255))) if sym == 1 else \
+            struct.pack("!h", draw(st.integers(-300, 3000))) if sym == 2 else b""
+    body += bytes(-len(body) % 4)
+    return struct.pack("!BBH", 0x8F, 205, len(body) // 4) + body
 
 
 @st.composite

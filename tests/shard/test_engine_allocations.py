@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import socket
+import struct
 import sys
 import tracemalloc
 from typing import Any, Iterator
@@ -52,7 +53,7 @@ def _udp(timeout_s: float | None = None) -> socket.socket:
 class Bench:
     """A publisher, an engine with a VP8 producer, ``VIEWERS`` consumers."""
 
-    def __init__(self, engine_cls: type) -> None:
+    def __init__(self, engine_cls: type, twcc: bool = False) -> None:
         self.sock = _udp()
         self.publisher = _udp(5.0)
         self.publisher.connect(self.sock.getsockname())  # send() parses no address
@@ -64,11 +65,21 @@ class Bench:
         self.producer = e.add_producer(t, video=True, codec=cython_impl.CODEC_VP8, payload_type=96,
                                        clock_rate=90000, ssrc=0x1111, mid=b"0")
         self.consumers = []
+        self.viewer_transports = []
         for v, viewer in enumerate(self.viewers):
             tv = e.add_transport(secure=False)
+            self.viewer_transports.append(tv)
             e.set_transport_address(tv, *viewer.getsockname())
             self.consumers.append(e.add_consumer(tv, self.producer, payload_type=100 + v, ssrc=0x2000 + v,
-                                                 mid=1, mid_value=b"v", first_seq=v * 1000))
+                                                 mid=1, mid_value=b"v", first_seq=v * 1000,
+                                                 transport_cc=5 if twcc else 0))
+        # With transport-cc, viewer 0 also sends a feedback packet per group: one run-length
+        # chunk saying the group's 16 packets arrived 250 us apart.
+        self.feedback: list[bytes] | None = None
+        if twcc:
+            self.viewers[0].connect(self.sock.getsockname())
+            self.feedback = [struct.pack("!BBHIIHHIH", 0x8F, 205, 9, 0xA, 0x2000, (k * GROUP) & 0xFFFF, GROUP, k,
+                                         (1 << 13) | GROUP) + bytes([1] * GROUP) + bytes(2) for k in range(4096)]
         # One full cycle of sequence numbers, so the stream stays continuous as it repeats.
         # Datagrams stay under 256 bytes: the sizes send/recv_into return are cached ints.
         self.packets = [
@@ -81,6 +92,9 @@ class Bench:
         self.buf = bytearray(2048)
         self.sent = 0
 
+    def engine_transport(self, c: int) -> int:
+        return self.viewer_transports[self.consumers.index(c)]
+
     def _slow_path(self, data: bytes, addr: Any) -> None:
         raise AssertionError("no datagram here is for the slow path")
 
@@ -89,16 +103,22 @@ class Bench:
         n_groups = len(self.groups)
         start = (self.sent // GROUP) % n_groups
         order = [self.groups[(start + i) % n_groups] for i in range(packets // GROUP)]
+        feedback = None
+        if self.feedback is not None:
+            fb_start = (self.sent // GROUP) % len(self.feedback)
+            feedback = (self.viewers[0].send, iter([self.feedback[(fb_start + i) % len(self.feedback)]
+                                                    for i in range(packets // GROUP)]))
         self.sent += packets
         return (iter(order), self.publisher.send, self.engine.on_readable,
-                [v.recv_into for v in self.viewers], self.buf)
+                [v.recv_into for v in self.viewers], self.buf, feedback)
 
     def run(self, packets: int) -> None:
         """Forward ``packets``; every viewer receives each one (or the test fails)."""
         self.forward(*self.prepare(packets))
 
     @staticmethod
-    def forward(order: Iterator[list], send: Any, on_readable: Any, receivers: list, buf: bytearray) -> None:
+    def forward(order: Iterator[list], send: Any, on_readable: Any, receivers: list, buf: bytearray,
+                feedback: tuple | None) -> None:
         # Nothing in here allocates: the iterator exists already, ``i`` and the byte
         # counts returned stay below 257 (cached ints), the methods are pre-bound.
         for group in order:
@@ -106,6 +126,8 @@ class Bench:
             while i < GROUP:
                 send(group[i])
                 i += 1
+            if feedback is not None:
+                feedback[0](next(feedback[1]))
             on_readable()
             for recv_into in receivers:
                 i = 0
@@ -118,9 +140,9 @@ class Bench:
             s.close()
 
 
-@pytest.fixture
-def bench() -> Iterator[Bench]:
-    b = Bench(cython_impl.Engine)
+@pytest.fixture(params=[False, True], ids=["plain", "transport-cc"])
+def bench(request: pytest.FixtureRequest) -> Iterator[Bench]:
+    b = Bench(cython_impl.Engine, twcc=request.param)
     yield b
     b.close()
 
@@ -159,6 +181,12 @@ def test_forwarding_allocates_no_python_object_per_packet(bench: Bench) -> None:
     last_seq = (WARMUP_PACKETS + MEASURED_PACKETS - 1) % 65536
     assert bench.buf[2:4] == (((VIEWERS - 1) * 1000 + last_seq) & 0xFFFF).to_bytes(2, "big")
     assert bench.buf[8:12] == (0x2000 + VIEWERS - 1).to_bytes(4, "big")
+    if bench.feedback is not None:
+        # Every packet numbered, every feedback read (and used: the last 1,024 reported).
+        for c in bench.consumers:
+            assert bench.engine.transport_twcc(bench.engine_transport(c))["sent"] == WARMUP_PACKETS + MEASURED_PACKETS
+        assert totals["twcc_feedbacks"] == (WARMUP_PACKETS + MEASURED_PACKETS) // GROUP
+        assert len(bench.engine.take_twcc(bench.engine_transport(bench.consumers[0]))) == 1024
     # Flat: nothing kept per packet, nothing even made and freed per packet.
     assert blocks <= BLOCK_SLACK, f"{blocks} more blocks after {MEASURED_PACKETS} packets"
     assert traced <= PEAK_SLACK_BYTES, f"{traced} more bytes traced"
@@ -214,5 +242,32 @@ def test_removing_records_frees_their_c_memory() -> None:
         gc.collect()
         grown = _malloc_in_use() - before
         assert grown < 64 * 1024, f"{grown} bytes kept after 20,000 producer/consumer lifetimes"
+    finally:
+        sock.close()
+
+
+def test_removing_a_transport_cc_transport_frees_its_history() -> None:
+    # A transport-cc viewer's send history (about 18 KB) lives as long as its transport.
+    sock = _udp()
+    try:
+        e = cython_impl.Engine(sock.fileno(), lambda data, addr: None, pacer_enabled=False)
+        t = e.add_transport(secure=False)
+        p = e.add_producer(t, video=False, codec=cython_impl.CODEC_OPUS, payload_type=111, clock_rate=48000, ssrc=5)
+
+        def cycles(n: int) -> None:
+            for _ in range(n):
+                viewer = e.add_transport(secure=False)
+                e.add_consumer(viewer, p, payload_type=111, ssrc=6, transport_cc=3)
+                e.set_transport_extensions(viewer, transport_cc=0)  # and back, as a relay would
+                e.set_transport_extensions(viewer, transport_cc=4)
+                e.remove_transport(viewer)
+
+        cycles(100)
+        gc.collect()
+        before = _malloc_in_use()
+        cycles(5_000)
+        gc.collect()
+        grown = _malloc_in_use() - before
+        assert grown < 64 * 1024, f"{grown} bytes kept after 5,000 transport-cc transports"
     finally:
         sock.close()

@@ -8,8 +8,8 @@ import pytest
 
 from sfu.signalling.negotiation import TrackInfo, answer_publish, answer_subscribe
 from sfu.signalling.sdp import (
-    EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_REPAIRED_RID, EXT_RID, MediaAnswer, SdpError, build_answer,
-    parse_offer,
+    EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TRANSPORT_CC, MediaAnswer, SdpError,
+    build_answer, parse_offer,
 )
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "sdp"
@@ -112,7 +112,8 @@ def test_subscribe_chrome_uses_viewer_payload_types_and_our_ssrcs() -> None:
     assert (audio.send_ssrc, audio.send_rtx_ssrc, audio.msid) == (3000, None, "room mic")
     assert chosen(video) == ("sendonly", "VP8", 96, 97)
     assert (video.send_ssrc, video.send_rtx_ssrc, video.cname, video.msid) == (1000, 1001, "sfu-cname", "room cam")
-    assert video.extensions == {EXT_ABS_SEND_TIME: 2, EXT_MID: 4}  # no RIDs downstream
+    # No RIDs downstream; transport-cc kept (the viewer offered it, with its feedback).
+    assert video.extensions == {EXT_ABS_SEND_TIME: 2, EXT_MID: 4, EXT_TRANSPORT_CC: 3}
     assert matches == [(0, OPUS, audio.codec), (1, video_track, video.codec)]
 
 
@@ -207,3 +208,65 @@ def test_at_most_three_simulcast_layers() -> None:
     offer = parse_offer(_with_simulcast(chrome("publish"), ["a", "b", "c", "d"]))
     video = next(a for a in answer_publish(offer) if a.offer.kind == "video")
     assert video.recv_rids == ["a", "b", "c"]
+
+
+# ---------------------------------------------------------------- transport-wide congestion control
+
+
+def _answer_text(offer, answers) -> str:
+    return build_answer(offer, answers, ice_ufrag="abcd", ice_pwd="0123456789abcdef012345",
+                        fingerprint_sha256=":".join(["AB"] * 32), setup="passive",
+                        candidate_host="127.0.0.1", candidate_port=5000)
+
+
+def test_subscribe_keeps_transport_cc_for_a_viewer_that_offers_it() -> None:
+    offer = parse_offer(chrome("whep"))
+    answers, matches = answer_subscribe(offer, [vp8_track(), OPUS])
+    audio, video = answers
+    assert audio.extensions[EXT_TRANSPORT_CC] == video.extensions[EXT_TRANSPORT_CC] == 3
+    assert "transport-cc" in video.codec.rtcp_fb and "transport-cc" in audio.codec.rtcp_fb
+    assert [c for _, _, c in matches] == [audio.codec, video.codec]
+    text = _answer_text(offer, answers)
+    audio_text, video_text = text.split("m=video")
+    for section, pt in ((audio_text, 111), (video_text, 96)):
+        assert f"a=extmap:3 {EXT_TRANSPORT_CC}\r\n" in section
+        assert f"a=rtcp-fb:{pt} transport-cc\r\n" in section
+    assert "a=rtcp-fb:96 goog-remb" in video_text  # REMB stays offered; Chrome picks transport-cc
+    # The answer parses back with it, as the viewer will read it.
+    back = parse_offer(text.replace("a=sendonly", "a=recvonly"))
+    assert back.media[1].extensions[EXT_TRANSPORT_CC] == 3 and "transport-cc" in back.media[1].codecs[0].rtcp_fb
+
+
+@pytest.mark.parametrize("drop", [
+    # The extension without the feedback on the video codec, or the feedback without the extension.
+    ("a=rtcp-fb:96 transport-cc", "a=rtcp-fb:102 transport-cc", "a=rtcp-fb:104 transport-cc",
+     "a=rtcp-fb:106 transport-cc", "a=rtcp-fb:108 transport-cc", "a=rtcp-fb:127 transport-cc",
+     "a=rtcp-fb:39 transport-cc", "a=rtcp-fb:45 transport-cc", "a=rtcp-fb:98 transport-cc",
+     "a=rtcp-fb:100 transport-cc", "a=rtcp-fb:112 transport-cc", "a=rtcp-fb:116 transport-cc"),
+    (f"a=extmap:3 {EXT_TRANSPORT_CC}",),
+])
+def test_subscribe_without_both_halves_answers_no_transport_cc(drop: tuple[str, ...]) -> None:
+    offer = parse_offer(chrome("whep", drop=drop))
+    answers, matches = answer_subscribe(offer, [vp8_track(), OPUS])
+    for a in answers:
+        assert EXT_TRANSPORT_CC not in a.extensions and "transport-cc" not in a.codec.rtcp_fb
+    assert all("transport-cc" not in c.rtcp_fb for _, _, c in matches)
+    assert "transport-cc" not in _answer_text(offer, answers)
+
+
+def test_subscribe_audio_only_viewer_gets_no_transport_cc() -> None:
+    # transport-cc on the audio line alone: no video we send would be estimated by it.
+    offer = parse_offer(chrome("whep"))
+    answers, _ = answer_subscribe(offer, [OPUS])
+    assert answers[0].direction == "sendonly" and answers[1].direction == "inactive"
+    assert "transport-cc" not in _answer_text(offer, answers)
+
+
+def test_publish_never_answers_transport_cc() -> None:
+    for offer in (parse_offer(chrome()), parse_offer(_with_simulcast(chrome("publish"), ["q", "h", "f"])),
+                  parse_offer(chrome(video_formats="98 99 45 46"))):
+        answers = answer_publish(offer)
+        for a in answers:
+            assert EXT_TRANSPORT_CC not in a.extensions
+            assert a.codec is None or "transport-cc" not in a.codec.rtcp_fb
+        assert "transport-cc" not in _answer_text(offer, answers)

@@ -18,6 +18,7 @@ from sfu.signalling.sdp import (
     EXT_MID,
     EXT_REPAIRED_RID,
     EXT_RID,
+    EXT_TRANSPORT_CC,
     Codec,
     MediaAnswer,
     Offer,
@@ -66,15 +67,17 @@ def test_chrome_publish_offer() -> None:
     assert offer.fingerprint == ("sha-256", "5F:C2:56:1B:AE:6D:21:14:32:19:2C:D4:AD:38:B3:4E:70:4A:8F:49:26:E9:82:90:8C:F3:72:39:95:BC:AF:96")
     audio, video = offer.media
     assert (audio.mid, audio.kind, audio.direction, audio.rtcp_rsize) == ("0", "audio", "sendonly", True)
-    assert audio.codecs == [Codec("opus", 111, 48000, 2, "minptime=10;useinbandfec=1")]  # transport-cc is not ours
-    assert audio.extensions == {EXT_AUDIO_LEVEL: 1, EXT_ABS_SEND_TIME: 2, EXT_MID: 4}
+    # transport-cc is parsed; negotiation decides who gets it (viewers only).
+    assert audio.codecs == [Codec("opus", 111, 48000, 2, "minptime=10;useinbandfec=1", ("transport-cc",))]
+    assert audio.extensions == {EXT_AUDIO_LEVEL: 1, EXT_ABS_SEND_TIME: 2, EXT_MID: 4, EXT_TRANSPORT_CC: 3}
     assert (audio.ssrc, audio.rtx_ssrc, audio.cname) == (1811213004, None, "Zk8pQ2mV5xR9tL3w")
     assert audio.msid == "3f0c7a2e-6b4e-4b0a-9d43-2f5a8c1b7e10 9b1e4d2c-58a7-4f3e-a1c6-0d7e2b9f4a35"
     # VP8, then the only packetization-mode=1 constrained-baseline H264 (42001f is baseline, 4d001f main, 64001f high).
-    fb = ("goog-remb", "ccm fir", "nack", "nack pli")
+    fb = ("goog-remb", "transport-cc", "ccm fir", "nack", "nack pli")
     assert [(c.name, c.payload_type, c.rtx_payload_type, c.rtcp_fb) for c in video.codecs] == [
         ("VP8", 96, 97, fb), ("H264", 106, 107, fb)]
-    assert video.extensions == {EXT_ABS_SEND_TIME: 2, EXT_MID: 4, EXT_RID: 10, EXT_REPAIRED_RID: 11}
+    assert video.extensions == {EXT_ABS_SEND_TIME: 2, EXT_MID: 4, EXT_RID: 10, EXT_REPAIRED_RID: 11,
+                                EXT_TRANSPORT_CC: 3}
     assert (video.ssrc, video.rtx_ssrc) == (2870392457, 1539290530)
     assert video.offered_codecs == ["VP8", "H264", "AV1", "VP9", "red", "ulpfec"]
     assert not video.rejected and video.rids == []
@@ -264,12 +267,14 @@ def test_obs_answer_is_byte_exact() -> None:
 def test_chrome_answer_parses_back_with_our_choices() -> None:
     offer = parse_offer(CHROME)
     answer = answer_for(offer, answer_publish(offer))
-    assert "a=rtcp-rsize" in answer and "a=extmap:3 " not in answer  # transport-cc is not echoed
+    # transport-cc is not echoed to a publisher: we send it no transport-wide feedback.
+    assert "a=rtcp-rsize" in answer and "a=extmap:3 " not in answer and "transport-cc" not in answer
     back = parse_offer(answer)
     assert back.setup == "passive" and back.ice_ufrag == "SfU1" and back.bundle == ["0", "1"]
     assert [(m.direction, [(c.payload_type, c.rtx_payload_type) for c in m.codecs]) for m in back.media] == [
         ("recvonly", [(111, None)]), ("recvonly", [(96, 97)])]
-    assert back.media[1].extensions == offer.media[1].extensions
+    assert back.media[1].extensions == {uri: i for uri, i in offer.media[1].extensions.items()
+                                        if uri != EXT_TRANSPORT_CC}
 
 
 def test_build_answer_refuses_caller_mistakes() -> None:
