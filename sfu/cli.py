@@ -1,4 +1,5 @@
-"""The ``sfu`` command: ``sfu serve`` runs the server, ``sfu token`` mints tokens.
+"""The ``sfu`` command: ``sfu serve`` runs the server, ``sfu token`` mints tokens,
+``sfu record`` runs a recorder process (what ``sfu serve`` starts for recorded rooms).
 
 Options are parsed as plain strings and handed to load_config, so a bad value
 gets the same message whether it came from a flag, the environment or a file.
@@ -88,6 +89,14 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record(args: argparse.Namespace) -> int:
+    from sfu.recording.main import main as recorder_main
+
+    recorder_main(["--control-path", args.control_path, "--recordings", args.recordings, "--host", args.host,
+                   "--log-level", args.log_level])
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfu", description="WebRTC selective forwarding unit")
     parser.add_argument("--version", action="version", version=f"sfu {__version__}")
@@ -108,6 +117,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth-secret", metavar="S", help="HS256 token secret (or $SFU_AUTH_SECRET)")
     serve.add_argument("--log-level", metavar="L", help=f"one of {', '.join(LOG_LEVELS)}")
     serve.add_argument("--recordings", metavar="DIR", help="where recordings go (default ./recordings)")
+
+    record = commands.add_parser(
+        "record", help="run a recorder process (sfu serve starts one itself when a room is recorded)")
+    record.set_defaults(command=_record)
+    record.add_argument("--control-path", required=True, help="the control socket of the signalling to serve")
+    record.add_argument("--recordings", default="recordings", help="where the files go (default ./recordings)")
+    record.add_argument("--host", default="127.0.0.1", help="address its RTP socket binds")
+    record.add_argument("--log-level", default="info", choices=LOG_LEVELS)
 
     token = commands.add_parser("token", help="print a signed access token")
     token.set_defaults(command=_token)
