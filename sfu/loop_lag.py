@@ -24,3 +24,26 @@ async def watch(log: Any, **ids: Any) -> None:
         if lag > REPORT_OVER_S:
             worst = max(worst, lag)
             log.warning("event loop stalled", lag_s=round(lag, 3), worst_s=round(worst, 3), **ids)
+
+
+GC_REPORT_OVER_S = 0.05
+
+
+def watch_gc(log: Any, **ids: Any) -> None:
+    """Log garbage-collector passes long enough to delay packets (they run inside any
+    allocation, so they show up as stalls with no Python frame of ours on the stack)."""
+    import gc
+    import time
+
+    started: dict[str, float] = {}
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started["t"] = time.perf_counter()
+            return
+        took = time.perf_counter() - started.get("t", time.perf_counter())
+        if took > GC_REPORT_OVER_S:
+            log.warning("garbage collection pause", seconds=round(took, 3), generation=info["generation"],
+                        collected=info["collected"], objects=len(gc.get_objects(info["generation"])), **ids)
+
+    gc.callbacks.append(callback)

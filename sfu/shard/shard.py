@@ -99,6 +99,7 @@ class Shard:
         self._simulcast_task = self.loop.create_task(self._simulcast_tick())
         self._audio_level_task = self.loop.create_task(self._audio_level_tick())
         self._lag_task = self.loop.create_task(loop_lag.watch(self.log))
+        loop_lag.watch_gc(self.log)
         return sock.getsockname()[1]
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
