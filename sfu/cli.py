@@ -43,6 +43,9 @@ def _serve(args: argparse.Namespace) -> int:
         "auth_secret": args.auth_secret,
         "log_level": args.log_level,
         "recordings": args.recordings,
+        "redis_url": args.redis_url,
+        "node_id": args.node_id,
+        "public_url": args.public_url,
     }
     config = load_config(cli, config_path=args.config)
 
@@ -117,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth-secret", metavar="S", help="HS256 token secret (or $SFU_AUTH_SECRET)")
     serve.add_argument("--log-level", metavar="L", help=f"one of {', '.join(LOG_LEVELS)}")
     serve.add_argument("--recordings", metavar="DIR", help="where recordings go (default ./recordings)")
+    serve.add_argument("--redis-url", metavar="URL", help="cluster directory (default: in memory, one node)")
+    serve.add_argument("--node-id", metavar="ID", help="this node's name in the cluster (default host:port)")
+    serve.add_argument("--public-url", metavar="URL", help="how other nodes reach this node's HTTP")
 
     record = commands.add_parser(
         "record", help="run a recorder process (sfu serve starts one itself when a room is recorded)")

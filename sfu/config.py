@@ -58,6 +58,11 @@ class Config:
     drain_timeout_s: float = 30.0
     # Where recordings go (a directory per recording, relative to the working directory).
     recordings: str = "recordings"
+    # Cluster: a Redis directory shared by nodes (each `sfu serve`) and signalling
+    # replicas. Without it the directory is in memory: one node, nothing else to run.
+    redis_url: str | None = None
+    node_id: str = ""  # default: host name and HTTP port
+    public_url: str = ""  # how other nodes reach this one's HTTP (default http://http_host:http_port)
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Config))
@@ -195,8 +200,8 @@ def _check_ranges(config: Config, origin: dict[str, str]) -> None:
         fail("http_port", "is not a port number (0-65535)")
     if not 1 <= config.rtc_port <= 65535:
         fail("rtc_port", "is not a port number (1-65535)")
-    if config.shards < 1:
-        fail("shards", "must be at least 1")
+    if config.shards < 0 or (config.shards == 0 and not config.redis_url):
+        fail("shards", "must be at least 1 (0 only for a signalling replica of a cluster: with redis_url)")
     if config.rtc_port + config.shards - 1 > 65535:
         fail("rtc_port", f"leaves no room for {config.shards} shards (one UDP port each) below 65536")
     for name in ("http_host", "rtc_host"):

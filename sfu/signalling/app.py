@@ -14,6 +14,7 @@ from .. import control, loop_lag
 from ..config import Config
 from ..logs import get_logger
 from .active_speaker import ActiveSpeakers
+from .cluster import ClusterNode
 from .admin import AdminApi
 from .events import EventStreams
 from .last_n import LastN
@@ -23,7 +24,7 @@ from .recordings import Recordings
 from .relays import Relays
 from .resources import Resources
 from .room_api import RoomApi
-from .rooms import Room, RoomRegistry, Session
+from .rooms import ProducerInfo, Room, RoomRegistry, Session
 from .sessions import Sessions
 from .shard_process import ShardProcess
 from .supervisor import ShardSupervisor
@@ -48,6 +49,7 @@ class Signalling:
         self.room_api = RoomApi(self)
         self.last_n = LastN(self)
         self.recordings = Recordings(self)
+        self.cluster = ClusterNode(self)
         self._background: set[asyncio.Task[Any]] = set()
 
     def _new_shard(self, shard_id: int) -> ShardProcess:
@@ -61,8 +63,10 @@ class Signalling:
             self.shards.append(shard)
         for shard_id in range(len(self.shards)):
             self.supervisor.watch(shard_id)
+        await self.cluster.start()
 
     async def stop_shards(self) -> None:
+        await self.cluster.stop()
         await self.recordings.stop_all()
         self._lag_task.cancel()
         self.events.close_all()
@@ -114,8 +118,12 @@ class Signalling:
 
     def forget_session(self, session: Session, reason: str, *, reconnect: bool = False) -> None:
         """The one way a session ends here: registry, event streams, relayed copies, room events."""
+        room_before = self.rooms.room(session.room)
         if self.rooms.remove(session.id) is None:
             return
+        if room_before is not None and self.rooms.room(session.room) is None:
+            for producer in room_before.remote_producers:  # nobody here watches them any more
+                self.relays.producer_ended(producer)
         if reconnect:
             self.events.send(session.id, "reconnect", {"url": f"/{session.kind}/{session.room}", "reason": reason})
         self.events.end(session.id)
@@ -124,6 +132,7 @@ class Signalling:
                  shard=session.shard, participant=session.participant)
         if session.kind == "whip":
             self._spawn(self.recordings.on_publisher_left(session))
+            self._spawn(self.cluster.unpublished(session))
             for producer in session.producers:
                 self.relays.producer_ended(producer)
             self.speakers.forget(session.room, session.id)
@@ -156,6 +165,18 @@ class Signalling:
             "type": "track_published", "participant": session.participant or None,
             "tracks": self.room_api.tracks_of(session)})
         self._spawn(self.recordings.on_published(session))
+        self._spawn(self.cluster.published(session))
+
+    def remote_track_ended(self, room: Room, producer: ProducerInfo) -> None:
+        """A track of another node ended: its viewers here should POST again (or wait)."""
+        track = producer.track_id or producer.id
+        for viewer in list(room.sessions.values()):
+            watched = [c for c, (_, t, _) in viewer.slots.items() if t == track]
+            for consumer in watched:
+                del viewer.slots[consumer]
+            if watched and viewer.kind == "whep" and not viewer.participant:
+                self.events.send(viewer.id, "reconnect", {"url": f"/whep/{room.name}",
+                                                          "reason": "a publisher it watched left or moved"})
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -245,6 +266,7 @@ class Signalling:
         app.add_routes(AdminApi(self).routes())
         app.add_routes(self.room_api.routes())
         app.add_routes(self.recordings.routes())
+        app.add_routes(self.cluster.routes())
         app.add_routes([
             web.get("/metrics", self.metrics),
             web.get("/healthz", self.healthz),

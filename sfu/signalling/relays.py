@@ -42,7 +42,10 @@ class Relays:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._copying[key] = future
         try:
-            link = await self._link(producer.shard, shard)
+            if producer.node:
+                link = await self.s.cluster.link(producer, shard)
+            else:
+                link = await self._link(producer.shard, shard)
             copy_id = await link.carry(producer, shard)
             producer.copies[shard] = copy_id
             self.copies_made += 1
@@ -83,7 +86,10 @@ class Relays:
     def producer_ended(self, producer: ProducerInfo) -> None:
         """Its publisher left: end its copies (their viewers get a BYE)."""
         for shard, copy_id in list(producer.copies.items()):
-            link = self.links.get((min(shard, producer.shard), max(shard, producer.shard)))
+            if producer.node:
+                link = self.s.cluster.remote_links.get((shard, producer.node, producer.shard))
+            else:
+                link = self.links.get((min(shard, producer.shard), max(shard, producer.shard)))
             if link is not None:
                 self._spawn(link.release(copy_id, shard))
         producer.copies.clear()
@@ -91,8 +97,11 @@ class Relays:
     def shard_died(self, shard_id: int) -> None:
         """Forget the dead shard's copies and relays; the other ends close theirs."""
         for room in self.s.rooms.rooms.values():
-            for producer in room.producers():
+            for producer in [*room.producers(), *room.remote_producers]:
                 producer.copies.pop(shard_id, None)
+        for key in [k for k in self.s.cluster.remote_links if k[0] == shard_id]:
+            link = self.s.cluster.remote_links.pop(key)
+            self._spawn(link.close())  # the far end stops sending to our dead shard
         for key in [k for k in self.links if shard_id in k]:
             link = self.links.pop(key)
             self._spawn(link.close(key[0] if key[1] == shard_id else key[1]))

@@ -16,7 +16,7 @@ from ..auth import AuthError, bearer_token, verify_token
 from ..logs import get_logger
 from .rooms import Session
 from .sdp import Offer, SdpError, parse_offer, parse_sdpfrag
-from .sessions import JoinError, Subscription, _ice_credentials
+from .sessions import JoinError, Redirect, Subscription, _ice_credentials
 
 if TYPE_CHECKING:
     from .app import Signalling
@@ -121,6 +121,12 @@ class Resources:
         })
 
     @staticmethod
+    def _redirect(request: web.Request, exc: Redirect) -> web.Response:
+        """307 keeps the method and body: WHIP/WHEP clients POST the same offer there."""
+        url = exc.url + (f"?{request.query_string}" if request.query_string else "")
+        return web.Response(status=307, headers={**CORS, "Location": url}, text=f"this room is served at {url}\n")
+
+    @staticmethod
     def _refused(exc: JoinError) -> web.Response:
         headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else {}
         return error(exc.status, exc.reason, **headers)
@@ -145,6 +151,8 @@ class Resources:
             session, sdp = await self.s.sessions.publish(room, offer)
         except JoinError as exc:
             return self._refused(exc)
+        except Redirect as exc:
+            return self._redirect(request, exc)
         if record == "1":
             try:
                 await self.s.recordings.start(room)
@@ -172,6 +180,8 @@ class Resources:
             session, sdp = await self.s.sessions.subscribe(room, offer, want)
         except JoinError as exc:
             return self._refused(exc)
+        except Redirect as exc:
+            return self._redirect(request, exc)
         return self._answer(session, sdp)
 
     async def patch(self, request: web.Request) -> web.Response:

@@ -22,7 +22,7 @@ from ..auth import AuthError, Grant, verify_token
 from ..control import ControlError
 from ..logs import get_logger
 from .sdp import SdpError, parse_offer
-from .sessions import JoinError, Subscription
+from .sessions import JoinError, Redirect, Subscription
 
 if TYPE_CHECKING:
     from .app import Signalling
@@ -308,6 +308,8 @@ class RoomApi:
                     participant.room, offer, self._subscription(participant, message), participant=participant.id)
         except JoinError as exc:
             raise RequestError(exc.status, exc.reason) from None
+        except Redirect as exc:
+            raise RequestError(409, f"this room is served by another node: {exc.url}") from None
         participant.sessions[session.id] = action
         self.by_session[session.id] = participant
         return session, answer

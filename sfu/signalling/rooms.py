@@ -24,12 +24,13 @@ class ProducerInfo:
     track_id: str = ""
     rid: str = ""
     room: str = ""
-    shard: int = 0  # where the publisher's packets arrive
-    copies: dict[int, str] = field(default_factory=dict)  # shard -> id of the relayed copy there
+    shard: int = 0  # where the publisher's packets arrive (a shard of ``node``)
+    copies: dict[int, str] = field(default_factory=dict)  # our shard -> id of the relayed copy there
+    node: str = ""  # "" = this node; else published on that node of the cluster
 
     def id_on(self, shard: int) -> str | None:
-        """This producer's id on ``shard``: itself at home, else its relayed copy, if any."""
-        return self.id if shard == self.shard else self.copies.get(shard)
+        """This producer's id on our ``shard``: itself at home, else its relayed copy, if any."""
+        return self.id if not self.node and shard == self.shard else self.copies.get(shard)
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Room:
     name: str
     shard: int
     sessions: dict[str, Session] = field(default_factory=dict)
+    remote_producers: list[ProducerInfo] = field(default_factory=list)  # published on other nodes
 
     def producers(self) -> list[ProducerInfo]:
         return [p for s in self.sessions.values() if s.kind == "whip" for p in s.producers]

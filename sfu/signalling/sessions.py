@@ -26,6 +26,14 @@ log = get_logger("sfu.signalling")
 RETRY_AFTER_S = 2
 
 
+class Redirect(Exception):
+    """The room lives on another node of the cluster: ask there (HTTP 307)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
 class JoinError(Exception):
     """A publish or subscribe refused: an HTTP status and a sentence for the client."""
 
@@ -126,7 +134,13 @@ class Sessions:
             raise JoinError(exc.status, exc.reason) from None
         shard_id = self.s.place_room(room)
         if shard_id is None:
+            if self.s.cluster.clustered:
+                await self._redirect_to_home(room, "whip")
             raise JoinError(503, "no shard is available", RETRY_AFTER_S)
+        if self.s.cluster.clustered:
+            home = await self.s.cluster.claim(room, shard_id)
+            if home.node != self.s.cluster.id:
+                await self._redirect_to_home(room, "whip")
         session = await self._create_transport(room, "whip", offer, shard_id, participant)
         shard = self.s.shards[shard_id]
         try:
@@ -161,11 +175,43 @@ class Sessions:
                  tracks=[f"{p.kind}/{p.codec.name}" for p in session.producers])
         return session, self.answer_sdp(session, offer, media)
 
-    def _tracks_for(self, room_name: str, want: Subscription) -> tuple[list[ProducerInfo], list[ProducerInfo]]:
+    async def _redirect_to_home(self, room: str, kind: str) -> None:
+        """A publisher for a room another node holds (or a node with no shards): go there."""
+        home = await self.s.cluster.directory.room_home(room)
+        target = None
+        if home is not None and home.node != self.s.cluster.id:
+            target = await self.s.cluster.node(home.node)
+        if target is None:
+            nodes = [n for n in await self.s.cluster.directory.nodes() if n.shard_ports and n.id != self.s.cluster.id]
+            target = min(nodes, key=lambda n: (n.load.get("viewers", 0), n.id), default=None)
+        if target is None:
+            raise JoinError(503, "no node of the cluster can take it", RETRY_AFTER_S)
+        raise Redirect(f"{target.http_url}/{kind}/{room}")
+
+    async def _remote(self, room_name: str) -> list[ProducerInfo]:
+        """Tracks of the room published on other nodes (refreshed from the directory)."""
+        if not self.s.cluster.clustered:
+            return []
+        fresh = await self.s.cluster.remote_producers(room_name)
+        room = self.s.rooms.room(room_name)
+        known = {p.id: p for p in room.remote_producers} if room is not None else {}
+        # Keep the objects we already relay (their copies), add the new ones.
+        merged = [known.get(p.id, p) for p in fresh]
+        if merged and room is None:
+            shard = self.s.place_room(room_name)
+            if shard is None:
+                return []
+            room = self.s.rooms.get_or_create(room_name, shard)
+        if room is not None:
+            room.remote_producers = merged
+        return merged
+
+    def _tracks_for(self, room_name: str, want: Subscription, remote: list[ProducerInfo] = ()
+                    ) -> tuple[list[ProducerInfo], list[ProducerInfo]]:
         """(every producer of the room, the starting layer of each wanted track), the
         latter ordered for the viewer's m-lines: most recent speakers' tracks first."""
         room = self.s.rooms.room(room_name)
-        published = room.producers() if room is not None else []
+        published = (room.producers() if room is not None else []) + list(remote)
         if want.exclude_stream:
             published = [p for p in published if p.stream_id != want.exclude_stream]
         if want.track_ids:
@@ -179,7 +225,11 @@ class Sessions:
     async def subscribe(self, room_name: str, offer: Offer, want: Subscription | None = None, *,
                         participant: str = "") -> tuple[Session, str]:
         want = want or Subscription()
-        published, producers = self._tracks_for(room_name, want)
+        if not self.s.shards and self.s.cluster.clustered:
+            await self._redirect_to_home(room_name, "whep")  # a signalling-only replica
+        local = self.s.rooms.room(room_name)
+        remote = [] if local is not None and local.producers() else await self._remote(room_name)
+        published, producers = self._tracks_for(room_name, want, remote)
         if not producers:
             raise JoinError(409, f"nothing is published in room {room_name!r} yet", RETRY_AFTER_S)
         tracks, by_track = [], {}
