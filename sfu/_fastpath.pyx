@@ -2166,7 +2166,9 @@ cdef class Engine:
                 diff -= 0x1000000
             tw.ref += diff
         else:
-            tw.ref = raw
+            # Offset by one wrap, so an arrival stays positive even if the receiver's
+            # clock starts near zero and its first deltas are negative: -1.0 is "lost".
+            tw.ref = raw + 0x1000000
             tw.has_ref = 1
         tw.last_ref = raw
         tw.feedbacks += 1

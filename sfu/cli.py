@@ -42,16 +42,21 @@ def _serve(args: argparse.Namespace) -> int:
         "dev": args.dev,
         "auth_secret": args.auth_secret,
         "log_level": args.log_level,
+        "log_levels": args.log_levels,
         "recordings": args.recordings,
         "redis_url": args.redis_url,
         "node_id": args.node_id,
         "public_url": args.public_url,
     }
     config = load_config(cli, config_path=args.config)
+    if not config.node_id:
+        import socket
+
+        config.node_id = f"{socket.gethostname()}-{config.http_port}"
 
     from sfu.logs import configure_logging
 
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, levels=config.log_levels, static={"node": config.node_id})
     from sfu.server import serve  # imported late: pulls in the whole media stack
 
     return int(serve(config))
@@ -119,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--auth-secret", metavar="S", help="HS256 token secret (or $SFU_AUTH_SECRET)")
     serve.add_argument("--log-level", metavar="L", help=f"one of {', '.join(LOG_LEVELS)}")
+    serve.add_argument("--log-levels", metavar="SPEC", help='per module, e.g. "sfu.shard=debug,aiohttp=warning"')
     serve.add_argument("--recordings", metavar="DIR", help="where recordings go (default ./recordings)")
     serve.add_argument("--redis-url", metavar="URL", help="cluster directory (default: in memory, one node)")
     serve.add_argument("--node-id", metavar="ID", help="this node's name in the cluster (default host:port)")

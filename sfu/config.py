@@ -36,6 +36,7 @@ class Config:
     dev: bool = False  # no auth; refuses non-loopback http_host/rtc_host
     auth_secret: str | None = None
     log_level: str = "info"
+    log_levels: str = ""  # per module, e.g. "sfu.shard=debug,sfu.signalling.cluster=warning"
     consent_timeout_s: float = 30.0
     keyframe_min_interval_ms: int = 500
     max_sdp_bytes: int = 32768
@@ -209,6 +210,12 @@ def _check_ranges(config: Config, origin: dict[str, str]) -> None:
             fail(name, "is empty")
     if config.auth_secret == "":
         fail("auth_secret", "is empty")
+    try:
+        from .logs import parse_levels
+
+        parse_levels(config.log_levels)
+    except ValueError as exc:
+        fail("log_levels", str(exc))
     config.log_level = config.log_level.lower()
     if config.log_level not in LOG_LEVELS:
         fail("log_level", f"is not one of {', '.join(LOG_LEVELS)}")

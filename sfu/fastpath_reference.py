@@ -1599,7 +1599,9 @@ class Engine:
             diff = (raw - tw.last_ref) & 0xFFFFFF
             tw.ref += diff - 0x1000000 if diff >= 0x800000 else diff
         else:
-            tw.ref = raw
+            # Offset by one wrap, so an arrival stays positive even if the receiver's
+            # clock starts near zero and its first deltas are negative: -1.0 is "lost".
+            tw.ref = raw + 0x1000000
             tw.has_ref = True
         tw.last_ref = raw
         tw.feedbacks += 1

@@ -226,3 +226,17 @@ def test_validate_false_skips_cross_field_checks() -> None:
 def test_is_loopback() -> None:
     assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("10.0.0.1") and not is_loopback("localhost.example") and not is_loopback("")
+
+
+def test_per_module_log_levels_are_checked():
+    from sfu.config import ConfigError, load_config
+    from sfu.logs import parse_levels
+
+    assert parse_levels("sfu.shard=debug, aiohttp=WARNING") == {"sfu.shard": "debug", "aiohttp": "warning"}
+    for bad in ("sfu.shard", "=debug", "sfu.shard=loud"):
+        try:
+            load_config({"dev": True, "log_levels": bad}, environ={})
+        except ConfigError as exc:
+            assert "log_levels" in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} accepted")

@@ -101,8 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recordings", required=True, help="directory the files go to")
     parser.add_argument("--host", default="127.0.0.1", help="address the RTP socket binds")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-levels", default="", help='per module, e.g. "sfu.recording=debug"')
+    parser.add_argument("--node-id", default="")
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, levels=args.log_levels, static={"node": args.node_id} if args.node_id else None)
     uvloop.run(run(args))
 
 

@@ -1,11 +1,14 @@
-"""ViewerBandwidth: what one viewer's link carries, from its REMB and its loss reports.
+"""ViewerBandwidth: what one viewer's link carries, from its REMB, transport-cc and loss reports.
 
 The receiver's REMB is a delay-based estimate; it reacts to queues building up,
 and before its first value (aiortc sends one after 3 s) it says nothing at all.
-Loss says something sooner and more bluntly: a receiver report with 40 % lost
-while we sent 1 Mbit/s means about 600 kbit/s arrived. Like GCC (draft-ietf-
-rmcat-gcc-02 §6), the estimate is the lower of the two, and the loss-based half
-only speaks when loss is high and only for a while after the report that said so.
+A viewer that negotiated transport-cc (Chrome, Firefox) sends no REMB; it reports
+every packet's arrival instead, and ``twcc_estimator.TwccEstimator`` makes the
+same kind of estimate on our side (delay gradient, AIMD, loss). Loss says
+something sooner and more bluntly: a receiver report with 40 % lost while we sent
+1 Mbit/s means about 600 kbit/s arrived. Like GCC (draft-ietf-rmcat-gcc-02 §6),
+the estimate is the lowest of those it has, and the loss-based one only speaks
+when loss is high and only for a while after the report that said so.
 
 The estimate also sets how fast the engine lets packets go to the viewer: paced
 at a multiple of it, a keyframe waits in our queue for a narrow link instead of
@@ -33,6 +36,10 @@ are not what video viewers sit on."""
 
 
 
+TWCC_ESTIMATE_TTL_S = 5.0
+"""A transport-cc estimate counts this long after the feedback behind it: feedback
+that stops (the viewer went away, or its link did) leaves REMB and loss to speak."""
+
 SEND_RATE_SMOOTHING = 0.5
 """Weight of the newest sample in the smoothed send rate (samples every 250 ms)."""
 
@@ -45,6 +52,8 @@ class ViewerBandwidth:
         self._sent_at: float | None = None
         self._loss_bps: float | None = None
         self._loss_at: float | None = None
+        self.twcc_bps: float | None = None
+        self._twcc_at: float | None = None
 
     def on_sent(self, total_bytes: int, now: float) -> None:
         """The transport's sent-bytes counter, sampled; updates the smoothed send rate."""
@@ -57,6 +66,11 @@ class ViewerBandwidth:
     def on_remb(self, bps: float) -> None:
         """The latest REMB (0: none received yet)."""
         self.remb_bps = bps if bps > 0 else None
+
+    def on_twcc(self, bps: float, now: float) -> None:
+        """The transport-cc estimate after new feedback (``TwccEstimator.update``)."""
+        self.twcc_bps = bps
+        self._twcc_at = now
 
     def on_loss_report(self, fraction_lost: float, now: float) -> None:
         """A new receiver report about one of the viewer's video streams."""
@@ -72,7 +86,8 @@ class ViewerBandwidth:
     def estimate_bps(self, now: float) -> float | None:
         """What the link carries, as far as anyone can tell (None: no idea yet)."""
         loss = self._loss_bps if self._loss_at is not None and now - self._loss_at <= LOSS_ESTIMATE_TTL_S else None
-        known = [v for v in (self.remb_bps, loss) if v is not None]
+        twcc = self.twcc_bps if self._twcc_at is not None and now - self._twcc_at <= TWCC_ESTIMATE_TTL_S else None
+        known = [v for v in (self.remb_bps, twcc, loss) if v is not None]
         return min(known) if known else None
 
     def pacing_bps(self, now: float) -> float:

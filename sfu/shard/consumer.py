@@ -107,7 +107,7 @@ class Consumer:
             rtx_ssrc=rtx_ssrc if rtx_payload_type is not None else None, nack=nack,
             mid=ids["mid"], abs_send_time=ids["abs_send_time"], audio_level=ids["audio_level"],
             mid_value=mid.encode(), first_seq=random.getrandbits(16), first_ts=random.getrandbits(32),
-            first_rtx_seq=random.getrandbits(16),
+            first_rtx_seq=random.getrandbits(16), transport_cc=ids["transport_cc"],
         )
         producer.consumers.append(self)
 

@@ -72,8 +72,10 @@ def main() -> None:
     parser.add_argument("--pacer-rate-kbps", type=int, default=25_000)
     parser.add_argument("--pacer-burst-bytes", type=int, default=48_000)
     parser.add_argument("--drain-timeout-s", type=float, default=30.0)
+    parser.add_argument("--node-id", default="")
+    parser.add_argument("--log-levels", default="")
     args = parser.parse_args()
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, levels=args.log_levels, static={"node": args.node_id} if args.node_id else None)
     uvloop.run(run(args))
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from ..signalling.sdp import EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_REPAIRED_RID, EXT_RID
+from ..signalling.sdp import (
+    EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TRANSPORT_CC,
+)
 from .bandwidth import ViewerBandwidth
 from .dtls import DtlsCertificate, DtlsEndpoint
 from .srtp import SrtpSession
+from .twcc_estimator import TwccEstimator
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -25,6 +28,8 @@ def extension_ids(extensions: dict[str, int]) -> dict[str, int]:
         "audio_level": extensions.get(EXT_AUDIO_LEVEL, 0),
         "rid": extensions.get(EXT_RID, 0),
         "repaired_rid": extensions.get(EXT_REPAIRED_RID, 0),
+        # What we stamp on everything we send a viewer (negotiated with viewers only).
+        "transport_cc": extensions.get(EXT_TRANSPORT_CC, 0),
     }
 
 
@@ -61,6 +66,7 @@ class WebRtcTransport:
         self._pacing_bps = 0.0
         self._reports_seen: dict[int, int] = {}  # consumer slot -> receiver reports taken
         self._extension_ids: dict[str, int] = {}  # the union over the peer's m-lines
+        self.twcc: TwccEstimator | None = None  # made at the viewer's first transport-cc feedback
         self.slot = shard.engine.add_transport(secure=True, rtcp_ssrc=random.getrandbits(32) or 1)
 
     # --- ICE ---------------------------------------------------------------------------
@@ -126,6 +132,18 @@ class WebRtcTransport:
         engine = self.shard.engine
         self.bandwidth.on_sent(engine.transport_sent_bytes(self.slot), now)
         self.bandwidth.on_remb(engine.transport_remb_bps(self.slot))
+        reports = engine.take_twcc(self.slot)
+        if reports:
+            # A transport-cc viewer (Chrome sends it no REMB then): our own estimate.
+            if self.twcc is None:
+                self.twcc = TwccEstimator()
+            estimate = self.twcc.update(reports, now)
+            if estimate is not None:
+                if self.bandwidth.twcc_bps is None:
+                    self.shard.log.info("transport-cc estimate", room=self.room, peer=self.peer_id,
+                                        estimate_bps=round(estimate), acked_bps=round(self.twcc.acked_bps or 0),
+                                        remb_bps=self.bandwidth.remb_bps or 0)
+                self.bandwidth.on_twcc(estimate, now)
         for consumer in self.consumers.values():
             if consumer.producer.kind != "video":
                 continue
@@ -150,6 +168,8 @@ class WebRtcTransport:
         # line, abs-send-time often only on video. The transport parses the union.
         if extensions:
             merged = {**extension_ids(extensions)}
+            # Set by a viewer's consumers only; a publisher's offer never has it answered.
+            del merged["transport_cc"]
             for name, value in self._extension_ids.items():
                 merged[name] = merged[name] or value
             self._extension_ids = merged

@@ -42,7 +42,7 @@ class ClusterNode:
     def __init__(self, signalling: "Signalling") -> None:
         self.s = signalling
         config = signalling.config
-        self.id = config.node_id or f"{socket.gethostname()}-{config.http_port}"
+        self.id = config.node_id or f"{socket.gethostname()}-{config.http_port}"  # cli sets it
         self.http_url = (config.public_url or f"http://{config.http_host}:{config.http_port}").rstrip("/")
         self.rtc_host = LOOPBACK.get(config.rtc_host, config.rtc_host)
         if config.redis_url:

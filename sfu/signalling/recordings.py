@@ -38,15 +38,17 @@ RESTART_BACKOFF_S = 1.0
 class RecorderProcess(ChildProcess):
     name = "recorder"
 
-    def __init__(self, directory: Path, log_level: str, host: str) -> None:
+    def __init__(self, directory: Path, log_level: str, host: str, log_levels: str = "", node_id: str = "") -> None:
         super().__init__(lambda body: None)
         self.directory = directory
         self.log_level = log_level
         self.host = host
+        self.log_levels = log_levels
+        self.node_id = node_id
 
     def arguments(self) -> list[str]:
         return ["sfu.recording.main", "--recordings", str(self.directory), "--log-level", self.log_level,
-                "--host", self.host]
+                "--host", self.host, "--log-levels", self.log_levels, "--node-id", self.node_id]
 
 
 @dataclass
@@ -79,7 +81,8 @@ class Recordings:
     async def _ensure_recorder(self) -> RecorderProcess:
         if self.recorder is None or self.recorder.process is None or self.recorder.process.returncode is not None:
             host = LOOPBACK.get(self.s.config.rtc_host, self.s.config.rtc_host)
-            recorder = RecorderProcess(self.directory, self.s.config.log_level, host)
+            recorder = RecorderProcess(self.directory, self.s.config.log_level, host, self.s.config.log_levels,
+                                       self.s.config.node_id)
             await recorder.start()
             self.recorder = recorder
             self._watch = asyncio.get_running_loop().create_task(self._watch_recorder(recorder))

@@ -25,7 +25,8 @@ class ShardProcess(ChildProcess):
                 "--consent-timeout-s", str(c.consent_timeout_s),
                 "--keyframe-min-interval-ms", str(c.keyframe_min_interval_ms),
                 "--pacer", "on" if c.pacer else "off", "--pacer-rate-kbps", str(c.pacer_rate_kbps),
-                "--pacer-burst-bytes", str(c.pacer_burst_bytes), "--drain-timeout-s", str(c.drain_timeout_s)]
+                "--pacer-burst-bytes", str(c.pacer_burst_bytes), "--drain-timeout-s", str(c.drain_timeout_s),
+                "--node-id", c.node_id, "--log-levels", c.log_levels]
 
     async def start(self) -> None:
         try:
