@@ -105,6 +105,21 @@ def _record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _relay_certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sfu.relay.certs import write_cluster_certs
+
+    nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]
+    if not nodes:
+        print("sfu: --nodes needs at least one node name", file=sys.stderr)
+        return EXIT_USAGE
+    for node, (cert, key) in write_cluster_certs(Path(args.directory), nodes).items():
+        print(f"{node}: relay_cert={cert} relay_key={key}")
+    print(f"every node: relay_ca={Path(args.directory) / 'ca.pem'} (keep ca.key offline)")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfu", description="WebRTC selective forwarding unit")
     parser.add_argument("--version", action="version", version=f"sfu {__version__}")
@@ -137,6 +152,11 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("--recordings", default="recordings", help="where the files go (default ./recordings)")
     record.add_argument("--host", default="127.0.0.1", help="address its RTP socket binds")
     record.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+
+    certs = commands.add_parser("relay-certs", help="make a cluster CA and QUIC relay certificates")
+    certs.set_defaults(command=_relay_certs)
+    certs.add_argument("directory", help="where to write them")
+    certs.add_argument("--nodes", required=True, help="comma-separated node names, one certificate each")
 
     token = commands.add_parser("token", help="print a signed access token")
     token.set_defaults(command=_token)

@@ -64,6 +64,13 @@ class Config:
     redis_url: str | None = None
     node_id: str = ""  # default: host name and HTTP port
     public_url: str = ""  # how other nodes reach this one's HTTP (default http://http_host:http_port)
+    # Media between nodes: "rtp" (plain, a private cluster network) or "quic" (a QUIC relay
+    # process per node: TLS 1.3 with the cluster's certificates, datagrams, heals after cuts).
+    relay_transport: str = "rtp"
+    quic_port: int = 4433  # UDP port of this node's QUIC relay
+    relay_cert: str = ""  # PEM files: this node's relay certificate and key, the cluster CA
+    relay_key: str = ""
+    relay_ca: str = ""
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Config))
@@ -237,6 +244,14 @@ def _check_ranges(config: Config, origin: dict[str, str]) -> None:
         fail("shard_max_viewers", "must not be negative (0: no fixed count)")
     if not config.recordings.strip():
         fail("recordings", "is empty")
+    if config.relay_transport not in ("rtp", "quic"):
+        fail("relay_transport", 'must be "rtp" or "quic"')
+    if config.relay_transport == "quic":
+        if not 1 <= config.quic_port <= 65535:
+            fail("quic_port", "is not a port number")
+        for name in ("relay_cert", "relay_key", "relay_ca"):
+            if not getattr(config, name):
+                fail(name, "is needed with relay_transport quic (sfu relay-certs makes a set)")
     if config.drain_timeout_s < 0:
         fail("drain_timeout_s", "must not be negative")
     if config.simulcast_max_layer is not None and not 0 <= config.simulcast_max_layer <= 2:

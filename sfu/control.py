@@ -143,6 +143,20 @@ class StopRecording(Struct):
     publisher_id: str = ""  # "": every publisher of the recording
 
 
+class QuicFlow(Struct):
+    """QUIC relay process: carry these SSRCs to a peer (``out``) or take them from one (``in``)."""
+
+    ssrcs: list[int]
+    direction: str  # "out" | "in"
+    peer_host: str
+    peer_port: int  # the peer relay's QUIC port
+    shard_port: int  # our shard that sends (out) or receives (in) them
+
+
+class QuicFlowClose(Struct):
+    ssrcs: list[int]
+
+
 class GetStats(Struct):
     pass
 
@@ -152,7 +166,8 @@ class Ping(Struct):
 
 
 Request = Union[CreateWebRtcTransport, RestartIce, CloseTransport, Produce, Consume, OpenRelay, CloseRelay,
-                CloseProducer, Retarget, CloseConsumer, StartRecording, StopRecording, GetStats, Ping]
+                CloseProducer, Retarget, CloseConsumer, StartRecording, StopRecording, QuicFlow, QuicFlowClose, GetStats,
+                Ping]
 
 # --- notifications (shard -> signalling) ----------------------------------------------
 

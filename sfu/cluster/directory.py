@@ -25,14 +25,15 @@ class NodeRecord:
     shard_ports: list[int] = field(default_factory=list)  # [] for a signalling-only replica
     load: dict[str, Any] = field(default_factory=dict)  # viewers, cpu per shard...
     seen_at: float = 0.0
+    quic_port: int = 0  # its QUIC relay, if it relays over QUIC
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "NodeRecord":
-        return cls(**{k: data[k] for k in ("id", "http_url", "rtc_host", "shard_ports", "load", "seen_at")
-                      if k in data})
+        return cls(**{k: data[k] for k in ("id", "http_url", "rtc_host", "shard_ports", "load", "seen_at",
+                                           "quic_port") if k in data})
 
 
 @dataclass

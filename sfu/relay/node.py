@@ -29,6 +29,19 @@ class NodeRelayError(control.ControlError):
     pass
 
 
+async def call_node(url: str, path: str, body: dict[str, Any], token: str | None) -> dict[str, Any]:
+    """POST to another node's internal API."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            async with http.post(url + path, json=body, headers=headers) as r:
+                if r.status != 200:
+                    raise NodeRelayError(f"{path} on {url}: {r.status} {await r.text()}")
+                return await r.json()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise NodeRelayError(f"{path} on {url}: {exc}") from None
+
+
 class NodeRelay(Relay):
     def __init__(self, shards: Any, local_shard: int, local_host: str, remote_url: str, remote_node: str,
                  remote_shard: int, remote_host: str, remote_port: int, local_node: str,
@@ -46,15 +59,7 @@ class NodeRelay(Relay):
         self.endpoints = (local_shard, -1)
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-                async with http.post(self.remote_url + path, json=body, headers=headers) as r:
-                    if r.status != 200:
-                        raise NodeRelayError(f"{path} on {self.remote_url}: {r.status} {await r.text()}")
-                    return await r.json()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise NodeRelayError(f"{path} on {self.remote_url}: {exc}") from None
+        return await call_node(self.remote_url, path, body, self.token)
 
     async def open(self) -> None:
         local_port = self.shards[self.local_shard].rtc_port

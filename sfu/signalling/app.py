@@ -244,6 +244,7 @@ class Signalling:
         self.collector.recorder = await self.recordings.stats()
         self.collector.recordings_active = len(self.recordings.active)
         self.collector.recorder_restarts = self.recordings.restarts
+        self.collector.quic = await self.cluster.quic_stats()
         return web.Response(body=generate_latest(self.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 

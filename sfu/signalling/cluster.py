@@ -23,6 +23,8 @@ from ..cluster.directory import HEARTBEAT_S, Directory, MemoryDirectory, NodeRec
 from ..logs import get_logger
 from ..relay.loopback import LOOPBACK
 from ..relay.node import NodeRelay, NodeRelayError
+from ..relay.quic import QUIC_RELAY, QuicRelay
+from .child_process import ChildProcess
 from .rooms import ProducerInfo, Session
 from .sdp import Codec
 
@@ -30,6 +32,21 @@ if TYPE_CHECKING:
     from .app import Signalling
 
 log = get_logger("sfu.signalling.cluster")
+
+
+class QuicRelayProcess(ChildProcess):
+    name = "quic-relay"
+
+    def __init__(self, config: Any, host: str) -> None:
+        super().__init__(lambda body: None)
+        self.config = config
+        self.host = host
+
+    def arguments(self) -> list[str]:
+        c = self.config
+        return ["sfu.relay.quic_main", "--quic-host", self.host, "--quic-port", str(c.quic_port),
+                "--cert", c.relay_cert, "--key", c.relay_key, "--ca", c.relay_ca, "--log-level", c.log_level,
+                "--log-levels", c.log_levels, "--node-id", c.node_id]
 
 
 def _codec_json(codec: Codec) -> dict[str, Any]:
@@ -51,7 +68,8 @@ class ClusterNode:
             self.directory: Directory = RedisDirectory(config.redis_url)
         else:
             self.directory = MemoryDirectory()
-        self.remote_links: dict[tuple[int, str, int], NodeRelay] = {}
+        self.remote_links: dict[tuple[int, str, int], NodeRelay | QuicRelay] = {}
+        self.quic: QuicRelayProcess | None = None
         self._task: asyncio.Task[None] | None = None
         self.heartbeats = 0
 
@@ -67,6 +85,10 @@ class ClusterNode:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.s.config.relay_transport == "quic" and self.s.shards:
+            self.quic = QuicRelayProcess(self.s.config, self.rtc_host)
+            await self.quic.start()
+            log.info("quic relay started", node=self.id, port=self.s.config.quic_port)
         await self._heartbeat()
         self._task = asyncio.get_running_loop().create_task(self._run())
         log.info("node up", node=self.id, http_url=self.http_url, clustered=self.clustered)
@@ -79,6 +101,8 @@ class ClusterNode:
         except Exception as exc:  # a gone Redis must not stop a shutdown
             log.warning("leaving the directory failed", node=self.id, error=str(exc))
         await self.directory.close()
+        if self.quic is not None:
+            await self.quic.stop()
 
     async def _heartbeat(self) -> None:
         shards = self.s.shards
@@ -86,7 +110,8 @@ class ClusterNode:
                 "cpu": [round(s.load.cpu, 3) if s.load else 0.0 for s in shards]}
         await self.directory.heartbeat(NodeRecord(
             id=self.id, http_url=self.http_url, rtc_host=self.rtc_host,
-            shard_ports=[s.rtc_port for s in shards], load=load))
+            shard_ports=[s.rtc_port for s in shards], load=load,
+            quic_port=self.s.config.quic_port if self.quic is not None else 0))
         self.heartbeats += 1
 
     async def _run(self) -> None:
@@ -133,7 +158,7 @@ class ClusterNode:
                 shard=t["shard"], node=t["node"]))
         return out
 
-    async def link(self, producer: ProducerInfo, shard: int) -> NodeRelay:
+    async def link(self, producer: ProducerInfo, shard: int) -> NodeRelay | QuicRelay:
         """The relay from the producer's node and shard to our ``shard`` (opened once)."""
         key = (shard, producer.node, producer.shard)
         link = self.remote_links.get(key)
@@ -142,8 +167,13 @@ class ClusterNode:
         node = await self.node(producer.node)
         if node is None or producer.shard >= len(node.shard_ports):
             raise NodeRelayError(f"node {producer.node} is not up")
-        link = NodeRelay(self.s.shards, shard, self.rtc_host, node.http_url, node.id, producer.shard,
-                         node.rtc_host, node.shard_ports[producer.shard], self.id, self._token())
+        link: NodeRelay | QuicRelay
+        if self.quic is not None and node.quic_port:
+            link = QuicRelay(self.s.shards, shard, self.quic, (self.rtc_host, self.s.config.quic_port),
+                             node.http_url, (node.rtc_host, node.quic_port), producer.shard, self._token())
+        else:
+            link = NodeRelay(self.s.shards, shard, self.rtc_host, node.http_url, node.id, producer.shard,
+                             node.rtc_host, node.shard_ports[producer.shard], self.id, self._token())
         await link.open()
         self.remote_links[key] = link
         log.info("node relay opened", node=self.id, frm=f"{node.id}/{producer.shard}", to=shard, relay=link.id)
@@ -175,6 +205,9 @@ class ClusterNode:
             web.post("/internal/relay/carry", self.internal_carry),
             web.post("/internal/relay/release", self.internal_release),
             web.post("/internal/relay/close", self.internal_close),
+            web.post("/internal/quic/open", self.internal_quic_open),
+            web.post("/internal/quic/carry", self.internal_quic_carry),
+            web.post("/internal/quic/release", self.internal_quic_release),
             web.get("/api/nodes", self.api_nodes),
             web.get("/api/placement/{room}", self.api_placement),
         ]
@@ -247,6 +280,67 @@ class ClusterNode:
         except control.ControlError:
             pass
         return web.json_response({"ok": True})
+
+    def _quic(self) -> QuicRelayProcess:
+        if self.quic is None:
+            raise web.HTTPConflict(text="this node does not relay over QUIC\n")
+        return self.quic
+
+    async def internal_quic_open(self, request: web.Request) -> web.Response:
+        body = await self._body(request, "shard")
+        quic = self._quic()
+        try:
+            await self._shard(body["shard"]).request(control.OpenRelay(
+                relay_id=QUIC_RELAY, peer_host="127.0.0.1", peer_port=quic.rtc_port))
+        except control.ControlError as exc:
+            raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
+        return web.json_response({"ok": True})
+
+    async def internal_quic_carry(self, request: web.Request) -> web.Response:
+        body = await self._body(request, "producer_id", "consumer_id", "ssrc", "peer_host", "peer_port")
+        quic = self._quic()
+        producer = self.s.rooms.producers.get(str(body["producer_id"]))
+        if producer is None:
+            raise web.HTTPNotFound(text="no such producer here\n")
+        codec = producer.codec
+        rtx = body.get("rtx_ssrc") is not None and codec.rtx_payload_type is not None
+        ssrcs = [int(body["ssrc"])] + ([int(body["rtx_ssrc"])] if rtx else [])
+        shard = self.s.shards[producer.shard]
+        try:
+            await quic.request(control.QuicFlow(ssrcs=ssrcs, direction="out", peer_host=str(body["peer_host"]),
+                                                peer_port=int(body["peer_port"]), shard_port=shard.rtc_port))
+            await shard.request(control.Consume(
+                transport_id=QUIC_RELAY, consumer_id=str(body["consumer_id"]), producer_id=producer.id, mid="",
+                payload_type=codec.payload_type, ssrc=ssrcs[0],
+                rtx_payload_type=codec.rtx_payload_type if rtx else None, rtx_ssrc=ssrcs[1] if rtx else None,
+                extensions=_relay_extensions(), nack=True))
+        except control.ControlError as exc:
+            raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
+        log.info("track relayed over QUIC", room=producer.room, producer=producer.id,
+                 peer=f"{body['peer_host']}:{body['peer_port']}")
+        return web.json_response({"ok": True})
+
+    async def internal_quic_release(self, request: web.Request) -> web.Response:
+        body = await self._body(request, "consumer_id", "ssrcs")
+        for shard in self.s.shards:
+            try:
+                await shard.request(control.CloseConsumer(consumer_id=str(body["consumer_id"])))
+            except control.ControlError:
+                pass
+        if self.quic is not None:
+            try:
+                await self.quic.request(control.QuicFlowClose(ssrcs=[int(x) for x in body["ssrcs"]]))
+            except control.ControlError:
+                pass
+        return web.json_response({"ok": True})
+
+    async def quic_stats(self) -> dict[str, Any] | None:
+        if self.quic is None:
+            return None
+        try:
+            return await self.quic.request(control.GetStats(), timeout_s=1.0)
+        except control.ControlError:
+            return None
 
     async def api_nodes(self, request: web.Request) -> web.Response:
         self._authorize(request)

@@ -24,6 +24,7 @@ class ShardCollector(Collector):
         self.recorder: dict[str, Any] | None = None
         self.recordings_active = 0
         self.recorder_restarts = 0
+        self.quic: dict[str, Any] | None = None
 
     def collect(self) -> Iterable[Any]:
         sessions = GaugeMetricFamily("sfu_peers", "Peers with a live session", labels=["kind"])
@@ -48,6 +49,19 @@ class ShardCollector(Collector):
         yield GaugeMetricFamily("sfu_recordings_in_progress", "Rooms being recorded", value=self.recordings_active)
         yield CounterMetricFamily("sfu_recorder_restarts", "Recorder processes replaced after dying",
                                   value=self.recorder_restarts)
+        peers = (self.quic or {}).get("peers", {})
+        rtt = GaugeMetricFamily("sfu_relay_rtt_ms", "QUIC relay round-trip time per peer node", labels=["peer"])
+        sent = CounterMetricFamily("sfu_relay_datagrams", "QUIC relay datagrams per peer", labels=["peer", "direction"])
+        lost = CounterMetricFamily("sfu_relay_lost_packets", "RTP packets missing on flows from a peer", labels=["peer"])
+        redials = CounterMetricFamily("sfu_relay_reconnects", "QUIC relay connections dialled again", labels=["peer"])
+        for peer, p in peers.items():
+            if p.get("rtt_ms") is not None:
+                rtt.add_metric([peer], p["rtt_ms"])
+            sent.add_metric([peer, "out"], p.get("sent", 0))
+            sent.add_metric([peer, "in"], p.get("received", 0))
+            lost.add_metric([peer], p.get("lost", 0))
+            redials.add_metric([peer], p.get("reconnects", 0))
+        yield from (rtt, sent, lost, redials)
         rec = self.recorder or {}
         yield CounterMetricFamily("sfu_recording_written_bytes", "Bytes written to recording files",
                                   value=rec.get("bytes_written", 0))

@@ -35,6 +35,7 @@ MAX_NAME_CHARS = 64
 MAX_LAST_N = 64
 SEND_QUEUE = 256  # events queued for a client that does not read; beyond that it is dropped
 JOIN_TIMEOUT_S = 10.0
+TOO_SLOW: dict[str, Any] = {"type": "too slow"}  # the writer's cue to close with 1008
 
 
 class RequestError(Exception):
@@ -52,7 +53,7 @@ class Participant:
     grant: Grant | None  # None in dev mode: everything allowed
     ws: web.WebSocketResponse
     sessions: dict[str, str] = field(default_factory=dict)  # session id -> "publish" | "subscribe"
-    queue: asyncio.Queue[dict[str, Any] | None] = field(default_factory=lambda: asyncio.Queue(SEND_QUEUE))
+    queue: asyncio.Queue[dict[str, Any] | None] = field(default_factory=lambda: asyncio.Queue(SEND_QUEUE))  # None: end
 
     def json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name}
@@ -90,12 +91,14 @@ class RoomApi:
             self.dropped_clients += 1
             log.warning("room client too slow, closing", room=participant.room, participant=participant.id)
             participant.queue = asyncio.Queue(1)
-            participant.queue.put_nowait(None)
+            participant.queue.put_nowait(TOO_SLOW)
 
     async def _writer(self, participant: Participant) -> None:
         while True:
             message = await participant.queue.get()
             if message is None:
+                return  # the socket ends; the handler closes it (1000)
+            if message is TOO_SLOW:
                 await participant.ws.close(code=1008, message=b"too slow")
                 return
             try:

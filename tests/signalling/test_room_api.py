@@ -41,6 +41,11 @@ async def test_two_participants_see_each_other_and_media_flows(sfu_server) -> No
 
         left = await alice.request({"type": "leave"})
         assert left["type"] == "left"
+        for _ in range(50):  # the server closes the socket after "left", normally
+            if alice.ws.closed:
+                break
+            await asyncio.sleep(0.05)
+        assert alice.ws.closed and alice.ws.close_code == 1000, alice.ws.close_code
         await bob.wait_event("participant_left", participant=alice.participant)
         await bob.wait_event("track_unpublished", participant=alice.participant)
         async with aiohttp.ClientSession() as http:

@@ -1,0 +1,277 @@
+"""QuicEndpoint: a node's end of the QUIC relay between nodes or sites.
+
+It runs in its own process (``python -m sfu.relay.quic_main``), between the
+node's shards and its peers, so the shards' fast path stays as it is: a shard
+sends a relayed track's RTP to this process over loopback exactly as it would
+to another shard, and receives the far side's as if from one.
+
+Between nodes every RTP and RTCP packet travels as one QUIC datagram (RFC 9221:
+unreliable, no head-of-line blocking; the media keeps its own repair, NACK and
+RTX end to end, Opus FEC and RED inside the payload), inside TLS 1.3 with the
+cluster's certificates. No framing is needed: a packet's SSRC names its flow
+(the relay's SSRCs are chosen per track by signalling, random 32-bit). Flows
+are registered by signalling: ``out`` (our shard sends SSRC x: carry it to
+that peer) and ``in`` (the peer sends SSRC x: hand it to that shard port);
+RTCP feedback about a flow goes back the way the flow came.
+
+The side with out-flows connects; a connection that dies (a cut link: no
+answer to our pings within ``IDLE_TIMEOUT_S``) is dialled again until it is
+back, and the flows carry on: viewers keep their sessions, with a gap.
+Per peer we keep RTT (QUIC's smoothed estimate), datagrams each way, RTP
+packets lost (sequence gaps on in-flows) and reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aioquic.asyncio import QuicConnectionProtocol, connect, serve
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, DatagramFrameReceived, HandshakeCompleted, QuicEvent
+
+ALPN = "sfu-relay"
+SERVER_NAME = "sfu-relay"  # the name cluster relay certificates carry
+IDLE_TIMEOUT_S = 2.0
+QUIC_PACKET = 1452  # UDP payload of a 1500-byte IPv4 path: room for a 1,200-byte RTP packet and QUIC's ~40
+PING_INTERVAL_S = 0.25
+REDIAL_S = (0.1, 0.25, 0.5, 1.0)
+MAX_DATAGRAM = 1400  # larger RTP would not fit one QUIC packet: dropped and counted
+
+
+def flow_ssrc(packet: bytes) -> tuple[int, bool] | None:
+    """(SSRC that names the packet's flow, is it feedback) for RTP and RTCP; None if neither.
+
+    RTP: its SSRC. RTCP sender report / SDES / BYE: the sender's SSRC (a flow's own).
+    Feedback (RTPFB/PSFB, receiver reports): the media SSRC it is about.
+    """
+    if len(packet) < 12 or packet[0] >> 6 != 2:
+        return None
+    pt = packet[1]
+    if 192 <= pt <= 223:
+        if pt in (205, 206) and len(packet) >= 12:
+            return struct.unpack_from("!I", packet, 8)[0], True
+        if pt == 201 and (packet[0] & 0x1F) and len(packet) >= 12:  # RR: first report block's source
+            return struct.unpack_from("!I", packet, 8)[0], True
+        return struct.unpack_from("!I", packet, 4)[0], False
+    return struct.unpack_from("!I", packet, 8)[0], False
+
+
+@dataclass
+class PeerStats:
+    sent: int = 0
+    received: int = 0
+    lost: int = 0  # RTP sequence gaps on flows from this peer
+    reconnects: int = 0
+    rtt_ms: float | None = None
+    connected: bool = False
+
+
+@dataclass
+class Flow:
+    ssrc: int
+    direction: str  # "out" | "in"
+    peer: tuple[str, int]  # the peer relay's QUIC address
+    shard_port: int  # the local shard that sends (out) or receives (in) it
+    last_seq: int | None = None
+
+
+class _Protocol(QuicConnectionProtocol):
+    def __init__(self, *args: Any, endpoint: "QuicEndpoint", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.endpoint = endpoint
+        self.peer: tuple[str, int] | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, DatagramFrameReceived):
+            self.endpoint.from_peer(self, event.data)
+        elif isinstance(event, HandshakeCompleted):
+            pass
+        elif isinstance(event, ConnectionTerminated):
+            if not self.closed.done():
+                self.closed.set_result(event.reason_phrase or str(event.error_code))
+            self.endpoint.connection_lost(self)
+
+    def send(self, data: bytes) -> None:
+        self._quic.send_datagram_frame(data)
+        self.transmit()
+
+    def rtt_ms(self) -> float | None:
+        recovery = getattr(self._quic, "_loss", None)
+        rtt = getattr(recovery, "_rtt_smoothed", 0.0) if recovery is not None else 0.0
+        return round(rtt * 1000, 2) if rtt else None
+
+
+class QuicEndpoint:
+    def __init__(self, *, certificate: str, private_key: str, ca: str, quic_host: str, quic_port: int,
+                 local_host: str = "127.0.0.1", log: Any = None) -> None:
+        self.certificate, self.private_key, self.ca = certificate, private_key, ca
+        self.quic_host, self.quic_port = quic_host, quic_port
+        self.local_host = local_host
+        self.log = log
+        self.local: asyncio.DatagramTransport | None = None
+        self.local_port = 0
+        self.flows: dict[int, Flow] = {}
+        self.links: dict[tuple[str, int], _Protocol] = {}  # peer -> live connection (either side dialled)
+        self.by_connection: dict[int, tuple[str, int]] = {}
+        self.stats: dict[tuple[str, int], PeerStats] = {}
+        self._dialers: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._server: Any = None
+        self.dropped = 0
+
+    def _configuration(self, client: bool) -> QuicConfiguration:
+        config = QuicConfiguration(is_client=client, alpn_protocols=[ALPN], max_datagram_frame_size=65536,
+                                   idle_timeout=IDLE_TIMEOUT_S, max_datagram_size=QUIC_PACKET)
+        config.load_verify_locations(cafile=self.ca)
+        config.verify_mode = ssl.CERT_REQUIRED if client else ssl.CERT_NONE
+        if client:
+            config.server_name = SERVER_NAME
+        config.load_cert_chain(self.certificate, self.private_key)
+        return config
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        endpoint = self
+
+        class Local(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                endpoint.from_shard(data, addr)
+
+        self.local, _ = await loop.create_datagram_endpoint(Local, local_addr=(self.local_host, 0))
+        self.local_port = self.local.get_extra_info("sockname")[1]
+        self._server = await serve(self.quic_host, self.quic_port, configuration=self._configuration(False),
+                                   create_protocol=lambda *a, **k: _Protocol(*a, endpoint=self, **k))
+        self._pinger = loop.create_task(self._ping())
+
+    async def close(self) -> None:
+        for task in self._dialers.values():
+            task.cancel()
+        self._pinger.cancel()
+        for protocol in list(self.links.values()):
+            protocol.close()
+        if self._server is not None:
+            self._server.close()
+        if self.local is not None:
+            self.local.close()
+
+    # --- flows (signalling) ------------------------------------------------------------
+
+    def add_flow(self, ssrcs: list[int], direction: str, peer: tuple[str, int], shard_port: int) -> None:
+        for ssrc in ssrcs:
+            self.flows[ssrc] = Flow(ssrc, direction, peer, shard_port)
+        self.stats.setdefault(peer, PeerStats())
+        if direction == "out" and peer not in self._dialers:
+            self._dialers[peer] = asyncio.get_running_loop().create_task(self._dial(peer))
+
+    def remove_flow(self, ssrcs: list[int]) -> None:
+        for ssrc in ssrcs:
+            self.flows.pop(ssrc, None)
+
+    async def _dial(self, peer: tuple[str, int]) -> None:
+        """Keep a connection to ``peer`` while we have flows for it, dialling again after a cut."""
+        attempt = 0
+        while any(f.peer == peer and f.direction == "out" for f in self.flows.values()):
+            try:
+                async with connect(peer[0], peer[1], configuration=self._configuration(True),
+                                   create_protocol=lambda *a, **k: _Protocol(*a, endpoint=self, **k)) as protocol:
+                    protocol.peer = peer
+                    self._attach(protocol, peer)
+                    if attempt:
+                        self.stats[peer].reconnects += 1
+                        self._log("relay peer back", peer=f"{peer[0]}:{peer[1]}", attempts=attempt)
+                    attempt = 0
+                    reason = await protocol.closed
+                    self._log("relay peer lost", peer=f"{peer[0]}:{peer[1]}", reason=reason)
+            except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
+                self._log("relay dial failed", peer=f"{peer[0]}:{peer[1]}", error=str(exc) or type(exc).__name__)
+            attempt += 1
+            await asyncio.sleep(REDIAL_S[min(attempt - 1, len(REDIAL_S) - 1)])
+        self._dialers.pop(peer, None)
+
+    def _attach(self, protocol: _Protocol, peer: tuple[str, int]) -> None:
+        self.links[peer] = protocol
+        self.by_connection[id(protocol)] = peer
+        self.stats.setdefault(peer, PeerStats()).connected = True
+
+    def connection_lost(self, protocol: _Protocol) -> None:
+        peer = self.by_connection.pop(id(protocol), None)
+        if peer is not None and self.links.get(peer) is protocol:
+            del self.links[peer]
+            self.stats[peer].connected = False
+
+    async def _ping(self) -> None:
+        """Keep links warm and RTT fresh (a datagram-only link would otherwise go quiet)."""
+        while True:
+            await asyncio.sleep(PING_INTERVAL_S)
+            for peer, protocol in list(self.links.items()):
+                protocol._quic.send_ping(uid=int(time.monotonic() * 1000) & 0xFFFFFFFF)
+                protocol.transmit()
+                self.stats[peer].rtt_ms = protocol.rtt_ms()
+
+    # --- packets -------------------------------------------------------------------------
+
+    def from_shard(self, data: bytes, addr: Any) -> None:
+        found = flow_ssrc(data)
+        flow = self.flows.get(found[0]) if found else None
+        if flow is None or len(data) > MAX_DATAGRAM:
+            self.dropped += 1
+            return
+        protocol = self.links.get(flow.peer)
+        if protocol is None:
+            self.dropped += 1  # the link is down: the media's own repair takes over once it is back
+            return
+        protocol.send(data)
+        self.stats[flow.peer].sent += 1
+
+    def from_peer(self, protocol: _Protocol, data: bytes) -> None:
+        peer = self.by_connection.get(id(protocol))
+        found = flow_ssrc(data)
+        flow = self.flows.get(found[0]) if found else None
+        if flow is None:
+            self.dropped += 1
+            return
+        if found[1] and self.log is not None:
+            self.log.debug("feedback from peer", ssrc=found[0], pt=data[1], to_port=flow.shard_port)
+        if peer is None:
+            # A connection the peer dialled: it is known by the flows it carries. A new
+            # one after a cut: what was lost meanwhile cannot be repaired by NACK, so ask
+            # for a keyframe on every flow from that peer (audio flows ignore it).
+            peer = flow.peer
+            reconnected = peer in self.links or self.stats.get(peer, PeerStats()).received > 0
+            self._attach(protocol, peer)
+            if reconnected:
+                self._request_keyframes(peer, protocol)
+        stats = self.stats.setdefault(peer, PeerStats())
+        stats.received += 1
+        is_rtp = not 192 <= data[1] <= 223
+        if flow.direction == "in" and is_rtp:
+            seq = struct.unpack_from("!H", data, 2)[0]
+            if flow.last_seq is not None:
+                gap = (seq - flow.last_seq) & 0xFFFF
+                if 1 < gap < 0x8000:
+                    stats.lost += gap - 1
+            if flow.last_seq is None or 0 < ((seq - flow.last_seq) & 0xFFFF) < 0x8000:
+                flow.last_seq = seq
+        if self.local is not None:
+            self.local.sendto(data, (self.local_host, flow.shard_port))
+
+    def _request_keyframes(self, peer: tuple[str, int], protocol: _Protocol) -> None:
+        for flow in self.flows.values():
+            if flow.peer == peer and flow.direction == "in":
+                protocol._quic.send_datagram_frame(struct.pack("!BBHII", 0x81, 206, 2, 0x5E1A7001, flow.ssrc))
+        protocol.transmit()
+        self._log("relay peer back: keyframes requested", peer=f"{peer[0]}:{peer[1]}")
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"local_port": self.local_port, "flows": len(self.flows), "dropped": self.dropped,
+                "peers": {f"{h}:{p}": vars(s) for (h, p), s in self.stats.items()}}
+
+    def _log(self, event: str, **fields: Any) -> None:
+        if self.log is not None:
+            self.log.info(event, **fields)
+
