@@ -559,6 +559,10 @@ class Viewer(RawPeer):
         # Cumulative counters, read by the window accounting.
         self.video = self.audio = self.lost = self.late = self.frames = 0
         self.rtcp = self.other = self.decrypted = self.decrypt_failures = self.misordered = 0
+        # Audio alone (bench/latency): its send-to-arrival times, and the longest silence.
+        self.audio_latency_ns: list[int] = []
+        self.audio_last_ns = 0
+        self.audio_max_gap_ns = 0
         self._next_video = self._next_audio = -1
         self._countdown = random.randint(1, sample_every)
         self._seq_delta: list[int | None] = [None, None]  # per stream (video, audio): rtp seq - stamp count
@@ -679,6 +683,11 @@ class Viewer(RawPeer):
             return
         sent_ns, count = STAMP.unpack_from(plain, offset)
         latency_ns.append(arrival_ns - sent_ns)
+        if not is_video:
+            self.audio_latency_ns.append(arrival_ns - sent_ns)
+            if self.audio_last_ns:
+                self.audio_max_gap_ns = max(self.audio_max_gap_ns, arrival_ns - self.audio_last_ns)
+            self.audio_last_ns = arrival_ns
         # An SFU shifts each stream's sequence numbers by a constant and never reorders.
         stream = 0 if is_video else 1
         delta = (seq - count) & 0xFFFF

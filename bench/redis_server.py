@@ -1,4 +1,4 @@
-"""A real redis-server for tests: its own port on 127.0.0.1, no persistence, stopped after."""
+"""A real redis-server on its own port on 127.0.0.1, no persistence: for tests and benches."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def _free_port() -> int:
 class RedisServer:
     def __init__(self, directory: Path) -> None:
         binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed (.ci/run installs Debian's redis-server)"
+        assert binary, "redis-server is not installed (apt-get install redis-server; .ci/run does)"
         self.port = _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(

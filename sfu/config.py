@@ -68,6 +68,7 @@ class Config:
     # process per node: TLS 1.3 with the cluster's certificates, datagrams, heals after cuts).
     relay_transport: str = "rtp"
     quic_port: int = 4433  # UDP port of this node's QUIC relay
+    quic_public_port: int = 0  # the port peers dial, when a NAT or load balancer maps it (0: quic_port)
     relay_cert: str = ""  # PEM files: this node's relay certificate and key, the cluster CA
     relay_key: str = ""
     relay_ca: str = ""

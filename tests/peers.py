@@ -79,6 +79,11 @@ class ToneTrack(MediaStreamTrack):
         return frame
 
 
+def absolute(base_url: str, url: str) -> str:
+    """A resource or events URL from a response: relative to the server, or (a cluster) absolute."""
+    return url if url.startswith(("http://", "https://")) else base_url + url
+
+
 async def _post(base_url: str, path: str, sdp: str, token: str | None) -> tuple[int, str, dict[str, str]]:
     headers = {"Content-Type": "application/sdp"}
     if token:
@@ -105,7 +110,7 @@ class Publisher:
 
     async def delete(self) -> int:
         async with aiohttp.ClientSession() as http:
-            async with http.delete(self.base_url + self.location) as r:
+            async with http.delete(absolute(self.base_url, self.location)) as r:
                 return r.status
 
     async def close(self) -> None:
@@ -172,7 +177,7 @@ class Viewer:
 
     async def delete(self) -> int:
         async with aiohttp.ClientSession() as http:
-            async with http.delete(self.base_url + self.location) as r:
+            async with http.delete(absolute(self.base_url, self.location)) as r:
                 return r.status
 
     async def close(self) -> None:
@@ -221,10 +226,10 @@ class Viewer:
         """Subscribe to the session's events; on ``reconnect``, move make-before-break."""
         url = link.split(">", 1)[0].lstrip("<")
         async with aiohttp.ClientSession() as http:
-            async with http.post(self.base_url + url, json=["reconnect", "active", "inactive"]) as r:
+            async with http.post(absolute(self.base_url, url), json=["reconnect", "active", "inactive"]) as r:
                 assert r.status == 201, await r.text()
                 stream = r.headers["Location"]
-            async with http.get(self.base_url + stream, timeout=aiohttp.ClientTimeout(total=None)) as r:
+            async with http.get(absolute(self.base_url, stream), timeout=aiohttp.ClientTimeout(total=None)) as r:
                 name = None
                 async for raw in r.content:
                     line = raw.decode().rstrip("\r\n")
@@ -264,7 +269,7 @@ class Viewer:
 
     async def delete_location(self, location: str) -> int:
         async with aiohttp.ClientSession() as http:
-            async with http.delete(self.base_url + location) as r:
+            async with http.delete(absolute(self.base_url, location)) as r:
                 return r.status
 
 

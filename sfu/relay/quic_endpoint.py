@@ -32,6 +32,7 @@ from typing import Any
 
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.congestion.base import QuicCongestionControl, register_congestion_control
 from aioquic.quic.events import ConnectionTerminated, DatagramFrameReceived, HandshakeCompleted, QuicEvent
 
 ALPN = "sfu-relay"
@@ -41,6 +42,48 @@ QUIC_PACKET = 1452  # UDP payload of a 1500-byte IPv4 path: room for a 1,200-byt
 PING_INTERVAL_S = 0.25
 REDIAL_S = (0.1, 0.25, 0.5, 1.0)
 MAX_DATAGRAM = 1400  # larger RTP would not fit one QUIC packet: dropped and counted
+
+
+class MediaPacedControl(QuicCongestionControl):
+    """No congestion window of QUIC's own: every datagram goes out at once.
+
+    What crosses the relay is already rate-controlled by its senders (publishers'
+    bandwidth estimation, our per-viewer layer choice) and repaired end to end
+    (NACK, FEC, keyframes). A loss-based window on top of that (NewReno halves at
+    each loss, and a 1 % lossy path keeps it small) does not drop media, it
+    queues it: measured, seconds of added delay. Bytes in flight are still
+    counted, for QUIC's loss detection.
+    """
+
+    WINDOW = 64 * 1024 * 1024
+
+    def __init__(self, *, max_datagram_size: int) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        self.congestion_window = self.WINDOW
+
+    def on_packet_acked(self, *, now: float, packet: Any) -> None:
+        self.bytes_in_flight -= packet.sent_bytes
+
+    def on_packet_sent(self, *, packet: Any) -> None:
+        self.bytes_in_flight += packet.sent_bytes
+
+    def on_packets_expired(self, *, packets: Any) -> None:
+        for packet in packets:
+            self.bytes_in_flight -= packet.sent_bytes
+
+    def on_packets_lost(self, *, now: float, packets: Any) -> None:
+        for packet in packets:
+            self.bytes_in_flight -= packet.sent_bytes
+
+    def on_persistent_congestion(self) -> None:
+        pass
+
+    def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
+        pass
+
+
+register_congestion_control("sfu-media", MediaPacedControl)
+MAX_PENDING_DATAGRAMS = 256  # beyond this, a datagram is dropped rather than queued (late media is lost media)
 
 
 def flow_ssrc(packet: bytes) -> tuple[int, bool] | None:
@@ -97,9 +140,12 @@ class _Protocol(QuicConnectionProtocol):
                 self.closed.set_result(event.reason_phrase or str(event.error_code))
             self.endpoint.connection_lost(self)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> bool:
+        if len(self._quic._datagrams_pending) >= MAX_PENDING_DATAGRAMS:
+            return False
         self._quic.send_datagram_frame(data)
         self.transmit()
+        return True
 
     def rtt_ms(self) -> float | None:
         recovery = getattr(self._quic, "_loss", None)
@@ -126,7 +172,8 @@ class QuicEndpoint:
 
     def _configuration(self, client: bool) -> QuicConfiguration:
         config = QuicConfiguration(is_client=client, alpn_protocols=[ALPN], max_datagram_frame_size=65536,
-                                   idle_timeout=IDLE_TIMEOUT_S, max_datagram_size=QUIC_PACKET)
+                                   idle_timeout=IDLE_TIMEOUT_S, max_datagram_size=QUIC_PACKET,
+                                   congestion_control_algorithm="sfu-media")
         config.load_verify_locations(cafile=self.ca)
         config.verify_mode = ssl.CERT_REQUIRED if client else ssl.CERT_NONE
         if client:
@@ -225,8 +272,10 @@ class QuicEndpoint:
         if protocol is None:
             self.dropped += 1  # the link is down: the media's own repair takes over once it is back
             return
-        protocol.send(data)
-        self.stats[flow.peer].sent += 1
+        if protocol.send(data):
+            self.stats[flow.peer].sent += 1
+        else:
+            self.dropped += 1
 
     def from_peer(self, protocol: _Protocol, data: bytes) -> None:
         peer = self.by_connection.get(id(protocol))

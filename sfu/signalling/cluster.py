@@ -111,7 +111,7 @@ class ClusterNode:
         await self.directory.heartbeat(NodeRecord(
             id=self.id, http_url=self.http_url, rtc_host=self.rtc_host,
             shard_ports=[s.rtc_port for s in shards], load=load,
-            quic_port=self.s.config.quic_port if self.quic is not None else 0))
+            quic_port=(self.s.config.quic_public_port or self.s.config.quic_port) if self.quic is not None else 0))
         self.heartbeats += 1
 
     async def _run(self) -> None:
@@ -169,7 +169,8 @@ class ClusterNode:
             raise NodeRelayError(f"node {producer.node} is not up")
         link: NodeRelay | QuicRelay
         if self.quic is not None and node.quic_port:
-            link = QuicRelay(self.s.shards, shard, self.quic, (self.rtc_host, self.s.config.quic_port),
+            link = QuicRelay(self.s.shards, shard, self.quic,
+                             (self.rtc_host, self.s.config.quic_public_port or self.s.config.quic_port),
                              node.http_url, (node.rtc_host, node.quic_port), producer.shard, self._token())
         else:
             link = NodeRelay(self.s.shards, shard, self.rtc_host, node.http_url, node.id, producer.shard,

@@ -100,6 +100,7 @@ class Resources:
         body = await request.content.read(limit + 1)
         if len(body) > limit:
             return error(413, f"SDP offer larger than {limit} bytes")
+        request["sdp_body"] = body  # kept: a cluster front door may pass it on to the room's node
         try:
             return parse_offer(body.decode("utf-8"), max_bytes=limit)
         except UnicodeDecodeError:
@@ -115,16 +116,35 @@ class Resources:
         return session
 
     def _answer(self, session: Session, sdp: str) -> web.Response:
+        # In a cluster the session lives on this node whatever door the client came in
+        # by: its resource URL says so (absolute), so PATCH, DELETE and events come here.
+        location = (self.s.cluster.http_url + session.location) if self.s.cluster.clustered else session.location
         return web.Response(status=201, text=sdp, content_type=SDP, headers={
-            **CORS, "Location": session.location, "ETag": session.etag, "Accept-Patch": SDPFRAG,
-            "Link": self.s.events.link(session.location),
+            **CORS, "Location": location, "ETag": session.etag, "Accept-Patch": SDPFRAG,
+            "Link": self.s.events.link(location),
         })
 
-    @staticmethod
-    def _redirect(request: web.Request, exc: Redirect) -> web.Response:
-        """307 keeps the method and body: WHIP/WHEP clients POST the same offer there."""
+    async def _redirect(self, request: web.Request, exc: Redirect) -> web.StreamResponse:
+        """To the room's node: 307 (the client POSTs the same offer there), or, when the
+        request carries a token, forwarded by us: clients drop Authorization on a
+        cross-origin redirect."""
         url = exc.url + (f"?{request.query_string}" if request.query_string else "")
-        return web.Response(status=307, headers={**CORS, "Location": url}, text=f"this room is served at {url}\n")
+        auth = request.headers.get("Authorization")
+        if auth is None:
+            return web.Response(status=307, headers={**CORS, "Location": url}, text=f"this room is served at {url}\n")
+        import aiohttp
+
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+                async with http.post(url, data=request["sdp_body"], allow_redirects=False, headers={
+                        "Content-Type": SDP, "Authorization": auth}) as r:
+                    body = await r.read()
+                    keep = {k: v for k, v in r.headers.items()
+                            if k in ("Location", "ETag", "Accept-Patch", "Link", "Retry-After", "Content-Type",
+                                     "WWW-Authenticate")}
+                    return web.Response(status=r.status, body=body, headers={**CORS, **keep})
+        except (aiohttp.ClientError, TimeoutError) as exc2:
+            return error(502, f"the room's node did not answer: {exc2}")
 
     @staticmethod
     def _refused(exc: JoinError) -> web.Response:
@@ -152,7 +172,7 @@ class Resources:
         except JoinError as exc:
             return self._refused(exc)
         except Redirect as exc:
-            return self._redirect(request, exc)
+            return await self._redirect(request, exc)
         if record == "1":
             try:
                 await self.s.recordings.start(room)
@@ -181,7 +201,7 @@ class Resources:
         except JoinError as exc:
             return self._refused(exc)
         except Redirect as exc:
-            return self._redirect(request, exc)
+            return await self._redirect(request, exc)
         return self._answer(session, sdp)
 
     async def patch(self, request: web.Request) -> web.Response:

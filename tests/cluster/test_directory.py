@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from redis_server import RedisServer
+from bench.redis_server import RedisServer
 from sfu.cluster.directory import MemoryDirectory, NodeRecord, RoomHome
 from sfu.cluster.redis_directory import RedisDirectory
 

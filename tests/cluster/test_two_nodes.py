@@ -14,7 +14,7 @@ import pytest
 
 import peers
 from conftest import start_server, stop_server
-from redis_server import RedisServer
+from bench.redis_server import RedisServer
 
 
 async def _get(base_url: str, path: str):

@@ -14,7 +14,7 @@ import pytest
 
 import peers
 from conftest import start_server, stop_server
-from redis_server import RedisServer
+from bench.redis_server import RedisServer
 from sfu.relay.certs import write_cluster_certs
 
 
