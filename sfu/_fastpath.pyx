@@ -273,6 +273,7 @@ DEF MAX_RTP = 1800         # larger incoming media is dropped (it could not be r
 DEF IN_BATCH = 64          # datagrams per recvmmsg
 DEF OUT_BATCH = 256        # datagrams per sendmmsg
 DEF MAX_BATCHES = 16       # recvmmsg calls per readable event, to stay fair to the loop
+DEF MAX_SENDS_PER_READABLE = 8192  # and no more packets out than this per readable event
 DEF RING = 1024            # NACK history per video producer, in packets
 DEF PACER_QUEUE = 1024     # paced packets a consumer may hold: a whole history GOP for a joiner
 DEF PROBE_BURST_S = 0.02   # a probing consumer's padding may bunch up to this much of its rate
@@ -836,6 +837,7 @@ cdef class Engine:
     cdef public uint64_t nacks_received, keyframe_requests_received, rtcp_in
     cdef public uint64_t nacks_served, pli_sent, pli_coalesced, keyframe_history_starts
     cdef int paced_consumers
+    cdef int live_consumers  # how far one packet can fan out, at most
     cdef int probing_consumers
     cdef public uint64_t remb_falls
     cdef public uint64_t probe_packets, probe_bytes
@@ -1206,6 +1208,7 @@ cdef class Engine:
         cdef void* grown
         pr = &self.producers[p]
         cr.in_use = 1
+        self.live_consumers += 1
         cr.transport = t
         cr.producer = p
         cr.is_video = pr.is_video
@@ -1304,6 +1307,7 @@ cdef class Engine:
         free(cr.queue)
         cr.queue = NULL
         cr.in_use = 0
+        self.live_consumers -= 1
 
     def consumer_stats(self, int c) -> dict:
         cdef ConsumerRec* cr = self._consumer(c)
@@ -1436,14 +1440,23 @@ cdef class Engine:
     # --- I/O ----------------------------------------------------------------------------
 
     def on_readable(self):
-        """Registered with ``loop.add_reader``: drain the socket in batches, forward, flush."""
+        """Registered with ``loop.add_reader``: drain the socket in batches, forward, flush.
+
+        Bounded by batches and by packets sent: one incoming packet of a big room fans
+        out to thousands, and a backlog left by a moment without CPU must not become a
+        second-long call during which control (pings, joins) waits. What is left stays
+        in the socket's buffer for the next turn of the loop.
+        """
         cdef int n, i, batches = 0
         cdef double now
-        while batches < MAX_BATCHES:
-            for i in range(IN_BATCH):
+        cdef uint64_t sent_before = self.packets_out
+        # Read fewer datagrams at a time when one of them may fan out widely.
+        cdef int want = min(IN_BATCH, max(1, MAX_SENDS_PER_READABLE // (self.live_consumers + 1)))
+        while batches < MAX_BATCHES and self.packets_out - sent_before < MAX_SENDS_PER_READABLE:
+            for i in range(want):
                 self.in_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
                 self.in_msgs[i].msg_hdr.msg_flags = 0
-            n = recvmmsg(self.fd, self.in_msgs, IN_BATCH, MSG_DONTWAIT, NULL)
+            n = recvmmsg(self.fd, self.in_msgs, want, MSG_DONTWAIT, NULL)
             if n <= 0:
                 break
             now = _now()
@@ -1451,7 +1464,7 @@ cdef class Engine:
                 self._datagram(self.in_buf + i * SLOT, <int>self.in_msgs[i].msg_len, &self.in_addr[i], now)
             self._flush()
             batches += 1
-            if n < IN_BATCH:
+            if n < want:
                 break
 
     def feed(self, const unsigned char[::1] data, str host, int port):

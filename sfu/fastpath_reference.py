@@ -226,6 +226,7 @@ SLOT = 2048            # bytes per datagram slot (longer datagrams are truncated
 MAX_RTP = 1800         # larger incoming media is dropped
 IN_BATCH = 64          # datagrams per batch read
 MAX_BATCHES = 16       # batches per readable event
+MAX_SENDS_PER_READABLE = 8192  # and no more packets out than this per readable event
 RING = 1024            # NACK history per video producer, in packets
 PACER_QUEUE = 1024     # paced packets a consumer may hold: a whole history GOP for a joiner
 PROBE_BURST_S = 0.02   # a probing consumer's padding may bunch up to this much of its rate
@@ -539,6 +540,7 @@ class Engine:
         self.nacks_served = self.pli_sent = self.pli_coalesced = 0
         self.keyframe_history_starts = 0
         self._paced_consumers = 0
+        self._live_consumers = 0  # how far one packet can fan out, at most
         self._probing_consumers = 0
         self.remb_falls = 0
         self.probe_packets = self.probe_bytes = 0
@@ -843,6 +845,7 @@ class Engine:
         c = _slot(self._consumers, cr)
         pr.consumers.append(c)
         self._consumer_map[(t, ssrc)] = c
+        self._live_consumers += 1
         return c
 
     @staticmethod
@@ -887,6 +890,7 @@ class Engine:
         if cr.probe_rate > 0:
             self._probing_consumers -= 1
         self._consumers[c] = None
+        self._live_consumers -= 1
 
     def consumer_stats(self, c: int) -> dict:
         cr = self._consumer(c)
@@ -1013,9 +1017,13 @@ class Engine:
     def on_readable(self) -> None:
         """Registered with ``loop.add_reader``: drain the socket in batches and forward."""
         recvfrom = self._sock.recvfrom
+        sent_before = self.packets_out
+        want = min(IN_BATCH, max(1, MAX_SENDS_PER_READABLE // (self._live_consumers + 1)))
         for _ in range(MAX_BATCHES):
+            if self.packets_out - sent_before >= MAX_SENDS_PER_READABLE:
+                break  # the rest waits in the socket buffer: control gets its turn
             batch = []
-            while len(batch) < IN_BATCH:
+            while len(batch) < want:
                 try:
                     batch.append(recvfrom(SLOT))
                 except OSError:  # BlockingIOError: drained; anything else: next time
@@ -1028,7 +1036,7 @@ class Engine:
                 if "%" in host:  # an IPv6 scope: the C key has none
                     host = host.partition("%")[0]
                 self._datagram(data, (host, addr[1]), now)
-            if len(batch) < IN_BATCH:
+            if len(batch) < want:
                 break
 
     def feed(self, data: bytes, host: str, port: int) -> None:

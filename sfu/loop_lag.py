@@ -35,6 +35,8 @@ def watch_gc(log: Any, **ids: Any) -> None:
     import gc
     import time
 
+    if any(getattr(cb, "_sfu_gc_watch", False) for cb in gc.callbacks):
+        return  # one watcher per process (tests run several shards in one)
     started: dict[str, float] = {}
 
     def callback(phase: str, info: dict[str, int]) -> None:
@@ -46,4 +48,5 @@ def watch_gc(log: Any, **ids: Any) -> None:
             log.warning("garbage collection pause", seconds=round(took, 3), generation=info["generation"],
                         collected=info["collected"], objects=len(gc.get_objects(info["generation"])), **ids)
 
+    callback._sfu_gc_watch = True  # type: ignore[attr-defined]
     gc.callbacks.append(callback)

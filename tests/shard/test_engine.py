@@ -2086,3 +2086,48 @@ def test_a_sharp_fall_of_a_viewers_remb_is_flagged_once(make_rig: Callable[..., 
     assert e.take_remb_falls() == [t]
     assert e.take_remb_falls() == []  # taken
     assert e.transport_remb_bps(t) == 500_000
+
+
+def test_one_readable_event_is_bounded_by_the_packets_it_sends(engine_cls):
+    """A backlog of media for a big room must not become one long call: control waits."""
+    import socket
+    import time
+
+    recv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    recv.bind(("127.0.0.1", 0))
+    recv.setblocking(False)
+    recv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    viewers = []
+    engine = engine_cls(recv.fileno(), lambda data, addr: None, pacer_enabled=False)
+    try:
+        publisher = engine.add_transport(secure=False)
+        engine.set_transport_address(publisher, "127.0.0.1", sender.getsockname()[1])
+        producer = engine.add_producer(publisher, video=False, codec=OPUS, payload_type=111, clock_rate=48000,
+                                       ssrc=1234)
+        fanout, packets = 200, 200
+        for i in range(fanout):
+            v = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            v.bind(("127.0.0.1", 0))
+            viewers.append(v)
+            t = engine.add_transport(secure=False)
+            engine.set_transport_address(t, "127.0.0.1", v.getsockname()[1])
+            engine.add_consumer(t, producer, payload_type=111, ssrc=5000 + i)
+        for seq in range(packets):
+            sender.sendto(bytes([0x80, 111]) + seq.to_bytes(2, "big") + (seq * 960).to_bytes(4, "big")
+                          + (1234).to_bytes(4, "big") + b"\x01" * 40, recv.getsockname())
+        time.sleep(0.05)
+        before = engine.packets_out
+        engine.on_readable()
+        first = engine.packets_out - before
+        # 8,192 sends, plus at most one read's worth (it reads 8192 // (fanout + 1) at a time).
+        assert 0 < first <= 8192 + (8192 // (fanout + 1)) * fanout < packets * fanout, first
+        for _ in range(20):
+            engine.on_readable()
+        assert engine.packets_out - before == packets * fanout  # the rest went out on later calls
+    finally:
+        for v in viewers:
+            v.close()
+        sender.close()
+        recv.close()
