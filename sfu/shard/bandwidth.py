@@ -8,7 +8,11 @@ same kind of estimate on our side (delay gradient, AIMD, loss). Loss says
 something sooner and more bluntly: a receiver report with 40 % lost while we sent
 1 Mbit/s means about 600 kbit/s arrived. Like GCC (draft-ietf-rmcat-gcc-02 §6),
 the estimate is the lowest of those it has, and the loss-based one only speaks
-when loss is high and only for a while after the report that said so.
+when loss is high and only for a while after the report that said so. With a
+transport-cc estimate the receiver reports' loss is left out: that estimate has
+its own loss control, from every packet's fate a quarter of a second old, where a
+receiver report covers the second before it (after a switch down, mostly the loss
+of the layer just left).
 
 The estimate also sets how fast the engine lets packets go to the viewer: paced
 at a multiple of it, a keyframe waits in our queue for a narrow link instead of
@@ -87,7 +91,7 @@ class ViewerBandwidth:
         """What the link carries, as far as anyone can tell (None: no idea yet)."""
         loss = self._loss_bps if self._loss_at is not None and now - self._loss_at <= LOSS_ESTIMATE_TTL_S else None
         twcc = self.twcc_bps if self._twcc_at is not None and now - self._twcc_at <= TWCC_ESTIMATE_TTL_S else None
-        known = [v for v in (self.remb_bps, twcc, loss) if v is not None]
+        known = [v for v in (self.remb_bps, twcc, None if twcc is not None else loss) if v is not None]
         return min(known) if known else None
 
     def pacing_bps(self, now: float) -> float:

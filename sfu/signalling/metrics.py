@@ -87,6 +87,8 @@ class ShardCollector(Collector):
         yield family(CounterMetricFamily, "sfu_rtp_packets_sent", "RTP packets sent to viewers", "packets_out")
         yield family(CounterMetricFamily, "sfu_rtp_sent_bytes", "SRTP bytes sent to viewers", "bytes_out")
         yield family(CounterMetricFamily, "sfu_nacks_received", "RTCP NACK packets received from viewers", "nacks_received")
+        yield family(CounterMetricFamily, "sfu_twcc_feedbacks", "transport-cc feedback packets read from viewers",
+                     "twcc_feedbacks")
         yield family(CounterMetricFamily, "sfu_simulcast_layer_switches", "Simulcast layer changes decided for consumers",
                      "layer_switches")
         layers = GaugeMetricFamily("sfu_simulcast_consumers", "Simulcast consumers by current layer (0 = lowest)",

@@ -40,6 +40,13 @@ VIEW_VIDEO, VIEW_RTX, VIEW_AUDIO = 0x10000, 0x20000, 0x30000
 SENTINEL = b"\xffend-of-test-barrier"
 TICK_S = 0.00025               # receive deltas count 250 us
 REF_S = 0.064                  # the reference time counts 64 ms
+FIRST_REF = 1 << 24            # the engine counts the first reference time one wrap up (arrivals stay > 0)
+
+
+def arrival(ref: int, ticks: int = 0) -> float:
+    """An arrival time as the engine reports it: ``ticks`` after reference time ``ref``
+    (of a transport's first feedback, or unwrapped from it)."""
+    return ((ref + FIRST_REF) * 256 + ticks) * TICK_S
 
 
 @pytest.fixture(params=list(ENGINES))
@@ -317,7 +324,7 @@ def test_the_sequence_number_wraps(make_rig: Callable[..., Rig]) -> None:
     rig.feed(twcc_feedback(65533, [4, 4, None, 4, 4, 4], ref=100), rig.viewers[0])
     reports = e.take_twcc(t)
     assert [r[1] for r in reports] == pytest.approx(
-        [100 * REF_S + k * TICK_S if k else -1.0 for k in (4, 8, 0, 12, 16, 20)])
+        [arrival(100, k) if k else -1.0 for k in (4, 8, 0, 12, 16, 20)])
     assert [r[2] for r in reports] == [len(d) for d in got]
 
 
@@ -347,13 +354,13 @@ def test_feedback_reports_arrivals_and_losses_with_send_time_and_size(make_rig: 
     rig.feed(twcc_feedback(0, deltas, ref=5000, fb_count=1), rig.viewers[0])
     reports = e.take_twcc(t)
     assert len(reports) == 9
-    arrival, expected = 5000 * 256, []
+    ticks, expected = (5000 + FIRST_REF) * 256, []
     for d in deltas:
         if d is None:
             expected.append(-1.0)
         else:
-            arrival += d
-            expected.append(arrival * TICK_S)
+            ticks += d
+            expected.append(ticks * TICK_S)
     assert [r[1] for r in reports] == expected  # exact: integer ticks, then one multiplication
     assert [r[2] for r in reports] == [len(d) for d in got[:9]]
     assert all(before <= r[0] <= after for r in reports)
@@ -362,7 +369,7 @@ def test_feedback_reports_arrivals_and_losses_with_send_time_and_size(make_rig: 
     assert e.totals()["twcc_feedbacks"] == 1
     assert e.take_twcc(t) == []  # each report is handed over once
     rig.feed(twcc_feedback(9, [7], ref=5001, fb_count=2), rig.viewers[0])
-    assert [r[1] for r in e.take_twcc(t)] == [(5001 * 256 + 7) * TICK_S]
+    assert [r[1] for r in e.take_twcc(t)] == [arrival(5001, 7)]
 
 
 @pytest.mark.parametrize("layout", [
@@ -381,7 +388,7 @@ def test_every_chunk_kind(make_rig: Callable[..., Rig], layout: list[tuple[str, 
         deltas[4], deltas[11] = 1000, -20  # large and negative deltas need 2-bit symbols
     rig.feed(twcc_feedback(0, deltas, ref=1, layout=layout), rig.viewers[0])
     reports = e.take_twcc(t)
-    ticks, expected = 256, []
+    ticks, expected = (1 + FIRST_REF) * 256, []
     for d in deltas:
         if d is not None:
             ticks += d
@@ -397,7 +404,7 @@ def test_run_length_chunk_longer_than_the_count(make_rig: Callable[..., Rig]) ->
     _send(rig, 5)
     packet = twcc_feedback(0, [1, 1, 1], chunks=[run_chunk(1, 8000)], ref=2)
     rig.feed(packet, rig.viewers[0])
-    assert [r[1] for r in e.take_twcc(t)] == [(512 + k) * TICK_S for k in (1, 2, 3)]
+    assert [r[1] for r in e.take_twcc(t)] == [arrival(2, k) for k in (1, 2, 3)]
     assert e.drop_counts() == {}
 
 
@@ -407,7 +414,7 @@ def test_feedback_for_packets_not_sent_or_long_gone_is_ignored(make_rig: Callabl
     _send(rig, 4)
     # 65534, 65535 were never sent (we are at 4); 4, 5 not yet.
     rig.feed(twcc_feedback(65534, [1, 1, 1, None, 1, 1, 1, 1]), rig.viewers[0])
-    assert [r[1] for r in e.take_twcc(t)] == [3 * TICK_S, -1.0, 4 * TICK_S, 5 * TICK_S]
+    assert [r[1] for r in e.take_twcc(t)] == [arrival(0, 3), -1.0, arrival(0, 4), arrival(0, 5)]
     assert e.transport_twcc(t)["feedbacks"] == 1
 
 
@@ -419,10 +426,20 @@ def test_a_packet_reported_lost_then_received(make_rig: Callable[..., Rig]) -> N
     # It came after all (the next feedback includes it); a later "lost" changes nothing.
     rig.feed(twcc_feedback(1, [30], ref=0), rig.viewers[0])
     rig.feed(twcc_feedback(0, [None, None, None], ref=0), rig.viewers[0])
-    assert [r[1] for r in e.take_twcc(t)] == [10 * TICK_S, 30 * TICK_S, 20 * TICK_S]
+    assert [r[1] for r in e.take_twcc(t)] == [arrival(0, 10), arrival(0, 30), arrival(0, 20)]
     # Once taken, what a later feedback says of it is not handed over again.
     rig.feed(twcc_feedback(0, [1, 2, 3], ref=0), rig.viewers[0])
     assert e.take_twcc(t) == []
+
+
+def test_arrivals_stay_positive_whatever_the_receivers_clock(make_rig: Callable[..., Rig]) -> None:
+    # A clock starting at zero and a negative first delta: still an arrival, not "lost" (-1).
+    rig = make_rig()
+    e, t = rig.engine, rig.transports[0]
+    _send(rig, 2)
+    rig.feed(twcc_feedback(0, [-400, 300], ref=0), rig.viewers[0])
+    arrivals = [r[1] for r in e.take_twcc(t)]
+    assert arrivals == [arrival(0, -400), arrival(0, -100)] and min(arrivals) > 0
 
 
 def test_reference_time_unwraps(make_rig: Callable[..., Rig]) -> None:
@@ -443,7 +460,7 @@ def test_feedback_with_rtcp_padding(make_rig: Callable[..., Rig]) -> None:
     e, t = rig.engine, rig.transports[0]
     _send(rig, 2)
     rig.feed(twcc_feedback(0, [3, 4], padding=4), rig.viewers[0])
-    assert [r[1] for r in e.take_twcc(t)] == [3 * TICK_S, 7 * TICK_S]
+    assert [r[1] for r in e.take_twcc(t)] == [arrival(0, 3), arrival(0, 7)]
     assert e.drop_counts() == {}
 
 
@@ -497,7 +514,7 @@ def test_malformed_feedback_is_counted_and_changes_nothing(make_rig: Callable[..
     assert e.totals()["keyframe_requests_received"] == before + 1
     # Nothing of it stuck: the next good feedback starts from its own reference time.
     rig.feed(twcc_feedback(0, [5], ref=3), rig.viewers[0])
-    assert [r[1] for r in e.take_twcc(t)] == [(3 * 256 + 5) * TICK_S]
+    assert [r[1] for r in e.take_twcc(t)] == [arrival(3, 5)]
 
 
 def test_only_the_last_1024_packets_are_kept(make_rig: Callable[..., Rig]) -> None:
@@ -512,7 +529,7 @@ def test_only_the_last_1024_packets_are_kept(make_rig: Callable[..., Rig]) -> No
     rig.feed(twcc_feedback(0, [1] * 1500, layout=[("run", 1500)]), rig.viewers[0])
     reports = e.take_twcc(t)
     assert len(reports) == 1024
-    assert reports[0][1] == pytest.approx((1500 - 1023) * TICK_S)
+    assert reports[0][1] == arrival(0, 1500 - 1023)
 
 
 def test_transport_cc_id_is_checked_and_removal_frees_it(engine_cls: type) -> None:
