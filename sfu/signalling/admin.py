@@ -125,7 +125,7 @@ class AdminApi:
         if not raw.isdigit() or int(raw) >= len(self.s.shards):
             raise web.HTTPNotFound(text="no such shard\n")
         shard_id = int(raw)
-        if len(self.s.shards) < 2:
+        if len(self.s.shards) < 2 and not self.s.cluster.clustered:
             raise web.HTTPConflict(text="the only shard cannot drain: there is nowhere to move its peers\n")
         if not self.s.supervisor.start_drain(shard_id, "drain asked through the admin API"):
             raise web.HTTPConflict(text=f"shard {shard_id} is already draining or down\n")

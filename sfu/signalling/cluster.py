@@ -104,9 +104,24 @@ class ClusterNode:
         if self.quic is not None:
             await self.quic.stop()
 
+    @property
+    def draining(self) -> bool:
+        """Every shard of this node drains: a node on its way out (a rolling update)."""
+        return bool(self.s.shards) and all(s.id in self.s.supervisor.draining for s in self.s.shards)
+
+    async def drain_started(self) -> None:
+        """Once the whole node drains, its rooms are free to move: the next publisher of
+        each (the present one, moving) claims it on another node."""
+        if not self.clustered or not self.draining:
+            return
+        await self._heartbeat()
+        for room in list(self.s.rooms.rooms):
+            await self.directory.release_room(room, self.id)
+        log.info("node draining: its rooms released", node=self.id, rooms=len(self.s.rooms.rooms))
+
     async def _heartbeat(self) -> None:
         shards = self.s.shards
-        load = {"viewers": sum(self.s.rooms.viewers_by_shard.values()),
+        load = {"viewers": sum(self.s.rooms.viewers_by_shard.values()), "draining": self.draining,
                 "cpu": [round(s.load.cpu, 3) if s.load else 0.0 for s in shards]}
         await self.directory.heartbeat(NodeRecord(
             id=self.id, http_url=self.http_url, rtc_host=self.rtc_host,

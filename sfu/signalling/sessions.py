@@ -182,7 +182,8 @@ class Sessions:
         if home is not None and home.node != self.s.cluster.id:
             target = await self.s.cluster.node(home.node)
         if target is None:
-            nodes = [n for n in await self.s.cluster.directory.nodes() if n.shard_ports and n.id != self.s.cluster.id]
+            nodes = [n for n in await self.s.cluster.directory.nodes()
+                     if n.shard_ports and n.id != self.s.cluster.id and not n.load.get("draining")]
             target = min(nodes, key=lambda n: (n.load.get("viewers", 0), n.id), default=None)
         if target is None:
             raise JoinError(503, "no node of the cluster can take it", RETRY_AFTER_S)
@@ -251,6 +252,8 @@ class Sessions:
         assert room is not None  # it has producers
         shard_id = self.s.place_viewer(room)
         if shard_id is None:
+            if self.s.cluster.clustered:
+                await self._redirect_to_home(room_name, "whep")  # this node drains: another one
             raise JoinError(503, "no shard is available", RETRY_AFTER_S)
         try:
             # Away from the publisher's shard, each track (every layer of a simulcast

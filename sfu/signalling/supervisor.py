@@ -111,6 +111,7 @@ class ShardSupervisor:
             return False
         self.draining.add(shard_id)
         self._tasks.append(asyncio.get_running_loop().create_task(self._drain(shard_id, reason)))
+        self._tasks.append(asyncio.get_running_loop().create_task(self.s.cluster.drain_started()))
         return True
 
     async def _drain(self, shard_id: int, reason: str) -> None:
