@@ -125,6 +125,8 @@ class RoomApi:
         room = request.match_info["room"]
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_BYTES)
         await ws.prepare(request)
+        if not self.s.shards and self.s.cluster.clustered:
+            return await self._forward(room, ws)
         participant: Participant | None = None
         writer: asyncio.Task[None] | None = None
         try:
@@ -173,6 +175,43 @@ class RoomApi:
                 except (asyncio.TimeoutError, ConnectionError):
                     writer.cancel()
             await ws.close()
+        return ws
+
+    async def _forward(self, room: str, ws: web.WebSocketResponse) -> web.WebSocketResponse:
+        """A signalling replica (no shards): the socket is carried to the room's node (or the
+        least loaded one for a new room), message for message, both ways."""
+        import aiohttp
+
+        home = await self.s.cluster.directory.room_home(room)
+        nodes = await self.s.cluster.directory.nodes()
+        target = next((n for n in nodes if home is not None and n.id == home.node), None)
+        if target is None:
+            media = [n for n in nodes if n.shard_ports and not n.load.get("draining")]
+            target = min(media, key=lambda n: (n.load.get("viewers", 0), n.id), default=None)
+        if target is None:
+            await ws.send_json({"type": "error", "status": 503, "reason": "no node of the cluster can take it"})
+            await ws.close()
+            return ws
+        url = target.http_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + f"/ws/{room}"
+        try:
+            async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=MAX_MESSAGE_BYTES) as up:
+                async def pump(source: Any, sink: Any) -> None:
+                    async for msg in source:
+                        if msg.type == WSMsgType.TEXT:
+                            await sink.send_str(msg.data)
+                        elif msg.type == WSMsgType.BINARY:
+                            await sink.send_bytes(msg.data)
+                        else:
+                            break
+
+                tasks = [asyncio.ensure_future(pump(ws, up)), asyncio.ensure_future(pump(up, ws))]
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in tasks:
+                    task.cancel()
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            if not ws.closed:
+                await ws.send_json({"type": "error", "status": 502, "reason": f"the room's node: {exc}"})
+        await ws.close()
         return ws
 
     @staticmethod

@@ -37,6 +37,17 @@ async def test_replica_forwards_token_requests_to_the_node(tmp_path, redis_serve
             async with http.post(c.base_url + "/whep/hall", data="v=0\r\n", headers={
                     "Content-Type": "application/sdp", "Authorization": "Bearer nope"}) as r:
                 assert r.status == 401
+        # The room WebSocket API through the replica: carried to the room's node.
+        participant = peers.RoomClient(c.base_url, "hall")
+        try:
+            joined = await participant.join("guest", token=issue_token(TEST_SECRET, "hall", subscribe=True))
+            assert joined["type"] == "joined" and [t["kind"] for t in joined["tracks"]] == ["audio", "video"]
+            subscribed = await participant.subscribe()
+            assert subscribed["type"] == "subscribed", subscribed
+            assert participant.viewer is not None
+            await participant.viewer.wait_frames(5)
+        finally:
+            await participant.close()
         async with aiohttp.ClientSession() as http:
             token = issue_token(TEST_SECRET, "hall", publish=True)
             async with http.delete(publisher.location, headers={"Authorization": f"Bearer {token}"}) as r:

@@ -95,14 +95,15 @@ async def _spilled_room(server, room: str):
     return publisher, home, 1 - home, home_viewers, spilled
 
 
-@contextlib.contextmanager
-def no_gc_pauses():
+@contextlib.asynccontextmanager
+async def no_gc_pauses():
     """The publisher is an aiortc peer in this process: a collection of what earlier tests
-    left (measured 0.5 s in CI) would stall its media for every viewer, which is not the
-    server's gap. Collect first, then none while measuring."""
+    left (measured 0.44-0.5 s in CI) stalls its media for every viewer, which is not the
+    server's gap. Collect first and let the media settle, then none while measuring."""
     gc.collect()
     gc.disable()
     try:
+        await asyncio.sleep(1.0)
         yield
     finally:
         gc.enable()
@@ -118,7 +119,7 @@ async def test_viewers_of_a_killed_shard_get_media_again_within_3_s(tmp_path) ->
     publisher, home_viewers, moved = None, [], []
     try:
         publisher, home, other, home_viewers, moved = await _spilled_room(server, "crash")
-        with no_gc_pauses():
+        async with no_gc_pauses():
             killed_at = time.monotonic()
             os.kill((await _pids(server))[other], signal.SIGKILL)
             await asyncio.sleep(4.0)
@@ -155,6 +156,7 @@ async def test_drain_moves_viewers_with_under_a_second_lost(tmp_path, how) -> No
         old_pid = (await _pids(server))[other]
         gc.collect()
         gc.disable()  # see no_gc_pauses; enabled again in finally
+        await asyncio.sleep(1.0)
         started = time.monotonic()
         if how == "admin":
             status, body = await _api(server.base_url, f"/api/shards/{other}/drain", "POST")

@@ -102,6 +102,7 @@ async def test_the_other_shards_viewers_see_no_gap(tmp_path) -> None:
         gc.collect()  # peers live in this process: no collection pause during the measurement
         gc.disable()
         try:
+            await asyncio.sleep(1.0)  # the media settles after the collection's own pause
             killed_at = time.monotonic()
             os.kill(pids[placed["a"]], signal.SIGKILL)
             await asyncio.sleep(2.0)
