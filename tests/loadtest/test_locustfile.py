@@ -8,7 +8,6 @@ viewers, room WebSocket churn users and an admin user, and reads its ``--csv`` o
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,9 +20,6 @@ from conftest import start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[2]
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("locust") is None,
-                                reason="locust is not installed (pip install -e '.[test]')")
 
 USERS = 12
 CHURN = 2
