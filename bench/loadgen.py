@@ -473,34 +473,42 @@ class Publisher(RawPeer):
                 self._queue.append((stream, payload, i == len(packets) - 1, stream.ts))
             stream.ts = (stream.ts + 90000 // FPS) & 0xFFFFFFFF
 
+    def _pace_from(self, now: float) -> None:
+        """(Re)start the media clock at ``now``, with an empty pacing budget."""
+        self._next_audio = self._next_video = self._last = now
+        self._budget = 0.0
+
+    def _pace(self, now: float) -> float:
+        """Send what is due at ``now`` (audio frames; video frames through the pacing
+        budget); returns when to come back. Shared by the asyncio loop here and the
+        locust users' greenlet."""
+        rate_bytes_s = PACING_FACTOR * self.video_bitrate_bps / 8
+        if now - self._next_audio > 0.5:  # after a long stall, resume rather than burst
+            self._next_audio = self._next_video = now
+        while now >= self._next_audio:
+            self._send_audio()
+            self._next_audio += AUDIO_FRAME_MS / 1000
+        while now >= self._next_video:
+            self._queue_frame()
+            self._next_video += 1 / FPS
+        self._budget = min(self._budget + (now - self._last) * rate_bytes_s, rate_bytes_s * PACER_BURST_S)
+        self._last = now
+        queue = self._queue
+        while queue and self._budget > 0:
+            stream, payload, marker, ts = queue.popleft()
+            self._budget -= self._send(stream, payload, marker, ts, VP8_STAMP_OFFSET)
+        return now + 0.002 if queue else min(self._next_audio, self._next_video)
+
     async def _run(self) -> None:
         clock = time.monotonic
-        rate_bytes_s = PACING_FACTOR * self.video_bitrate_bps / 8
-        self.started_at = now = clock()
-        next_audio = next_video = last = now
-        budget = 0.0
-        queue = self._queue
+        self.started_at = clock()
+        self._pace_from(self.started_at)
         while True:
             if self.paused:
                 await asyncio.sleep(0.01)
-                next_audio = next_video = last = clock()
-                budget = 0.0
+                self._pace_from(clock())
                 continue
-            now = clock()
-            if now - next_audio > 0.5:  # after a long stall, resume rather than burst
-                next_audio = next_video = now
-            while now >= next_audio:
-                self._send_audio()
-                next_audio += AUDIO_FRAME_MS / 1000
-            while now >= next_video:
-                self._queue_frame()
-                next_video += 1 / FPS
-            budget = min(budget + (now - last) * rate_bytes_s, rate_bytes_s * PACER_BURST_S)
-            last = now
-            while queue and budget > 0:
-                stream, payload, marker, ts = queue.popleft()
-                budget -= self._send(stream, payload, marker, ts, VP8_STAMP_OFFSET)
-            wake = now + 0.002 if queue else min(next_audio, next_video)
+            wake = self._pace(clock())
             await asyncio.sleep(max(0.0, wake - clock()))
 
     def _on_readable(self) -> None:

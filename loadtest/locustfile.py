@@ -57,10 +57,9 @@ from locust import FastHttpUser, User, between, constant_pacing, events, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ (not installed) and sfu/
 
-from bench.clip import AUDIO_FRAME_MS, FPS, Clip, build_clip  # noqa: E402
+from bench.clip import Clip, build_clip  # noqa: E402
 from bench.loadgen import (  # noqa: E402
-    AUDIO_PT, CONSENT_INTERVAL_S, PACER_BURST_S, PACING_FACTOR, VIDEO_PT, VP8_STAMP_OFFSET,
-    ConnectError, Publisher, RawPeer, Viewer, realtime_minus_monotonic_ns)
+    AUDIO_PT, CONSENT_INTERVAL_S, VIDEO_PT, ConnectError, Publisher, RawPeer, Viewer, realtime_minus_monotonic_ns)
 from bench.sdp import LocalPeer, RemotePeer  # noqa: E402
 from sfu.shard.dtls import DtlsCertificate, DtlsEndpoint  # noqa: E402
 from sfu.shard.srtp import SrtpSession  # noqa: E402
@@ -459,34 +458,16 @@ class GeventPublisher(Publisher):
 
     def run(self) -> None:
         clock = time.monotonic
-        rate_bytes_s = PACING_FACTOR * self.video_bitrate_bps / 8
-        self.started_at = now = clock()
-        next_audio = next_video = last = now
-        next_consent = now + CONSENT_INTERVAL_S
-        budget = 0.0
-        queue = self._queue
+        self.started_at = clock()
+        self._pace_from(self.started_at)
+        next_consent = self.started_at + CONSENT_INTERVAL_S
         while True:
             self._on_readable()  # RTCP (PLI/FIR restart the GOP), STUN, DTLS
-            now = clock()
-            if now - next_audio > 0.5:  # after a long stall, resume rather than burst
-                next_audio = next_video = now
-            while now >= next_audio:
-                self._send_audio()
-                next_audio += AUDIO_FRAME_MS / 1000
-            while now >= next_video:
-                self._queue_frame()
-                next_video += 1 / FPS
-            budget = min(budget + (now - last) * rate_bytes_s, rate_bytes_s * PACER_BURST_S)
-            last = now
-            while queue and budget > 0:
-                stream, payload, marker, ts = queue.popleft()
-                budget -= self._send(stream, payload, marker, ts, VP8_STAMP_OFFSET)
-            if now >= next_consent:
+            wake = self._pace(clock())
+            if clock() >= next_consent:
                 self.send_check()
-                next_consent = now + CONSENT_INTERVAL_S
-            wake = now + 0.002 if queue else min(next_audio, next_video)
+                next_consent = clock() + CONSENT_INTERVAL_S
             gevent.sleep(max(0.0, wake - clock()))
-
 
 class PublisherUser(FastHttpUser):
     """One per room: publishes over WHIP and streams until the run ends."""
