@@ -42,6 +42,21 @@ def room_json(room: Room) -> dict[str, Any]:
             "viewers": kinds.count("whep"), "peers": [session_json(s) for s in room.sessions.values()]}
 
 
+def require_admin(config: Any, request: web.Request) -> None:
+    """An admin token (``sfu token --room "*" --admin``), unless the server runs ``--dev``:
+    401 for a missing or bad token, 403 for one that does not grant admin."""
+    if config.dev:
+        return
+    try:
+        verify_token(config.auth_secret or "", bearer_token(request.headers.get("Authorization")),
+                     room=ADMIN_ROOM, action="admin")
+    except AuthError as exc:
+        if exc.reason.startswith(("token does not grant", "token not valid for room")):
+            raise web.HTTPForbidden(text=f"{exc.reason}\n") from None
+        raise web.HTTPUnauthorized(text=f"{exc.reason}\n", headers={"WWW-Authenticate": 'Bearer realm="sfu"'}) \
+            from None
+
+
 class AdminApi:
     def __init__(self, signalling: "Signalling") -> None:
         self.s = signalling
@@ -57,16 +72,7 @@ class AdminApi:
         ]
 
     def _authorize(self, request: web.Request) -> None:
-        if self.s.config.dev:
-            return
-        try:
-            verify_token(self.s.config.auth_secret or "", bearer_token(request.headers.get("Authorization")),
-                         room=ADMIN_ROOM, action="admin")
-        except AuthError as exc:
-            if exc.reason.startswith(("token does not grant", "token not valid for room")):
-                raise web.HTTPForbidden(text=f"{exc.reason}\n") from None
-            raise web.HTTPUnauthorized(text=f"{exc.reason}\n", headers={"WWW-Authenticate": 'Bearer realm="sfu"'}) \
-                from None
+        require_admin(self.s.config, request)
 
     async def rooms(self, request: web.Request) -> web.Response:
         self._authorize(request)

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .. import control
-from ..auth import ADMIN_ROOM, AuthError, bearer_token, issue_token, verify_token
+from ..auth import ADMIN_ROOM, issue_token
 from ..cluster.directory import HEARTBEAT_S, Directory, MemoryDirectory, NodeRecord, RoomHome
 from ..logs import get_logger
 from ..relay.loopback import LOOPBACK
+from ..relay.base import relay_consume
 from ..relay.node import NodeRelay, NodeRelayError
 from ..relay.quic import QUIC_RELAY, QuicRelay
+from .admin import require_admin
 from .child_process import ChildProcess
 from .rooms import ProducerInfo, Session
 from .sdp import Codec
@@ -229,13 +231,7 @@ class ClusterNode:
         ]
 
     def _authorize(self, request: web.Request) -> None:
-        if self.s.config.dev:
-            return
-        try:
-            verify_token(self.s.config.auth_secret or "", bearer_token(request.headers.get("Authorization")),
-                         room=ADMIN_ROOM, action="admin")
-        except AuthError as exc:
-            raise web.HTTPUnauthorized(text=f"{exc.reason}\n") from None
+        require_admin(self.s.config, request)
 
     async def _body(self, request: web.Request, *keys: str) -> dict[str, Any]:
         self._authorize(request)
@@ -266,14 +262,11 @@ class ClusterNode:
         producer = self.s.rooms.producers.get(str(body["producer_id"]))
         if producer is None:
             raise web.HTTPNotFound(text="no such producer here\n")
-        codec = producer.codec
-        rtx = body.get("rtx_ssrc") is not None and codec.rtx_payload_type is not None
+        rtx_ssrc = body.get("rtx_ssrc")
         try:
-            await self.s.shards[producer.shard].request(control.Consume(
-                transport_id=str(body["relay_id"]), consumer_id=str(body["consumer_id"]), producer_id=producer.id,
-                mid="", payload_type=codec.payload_type, ssrc=int(body["ssrc"]),
-                rtx_payload_type=codec.rtx_payload_type if rtx else None,
-                rtx_ssrc=int(body["rtx_ssrc"]) if rtx else None, extensions=_relay_extensions(), nack=True))
+            await self.s.shards[producer.shard].request(relay_consume(
+                str(body["relay_id"]), str(body["consumer_id"]), producer.id, producer.codec, int(body["ssrc"]),
+                int(rtx_ssrc) if rtx_ssrc is not None else None))
         except control.ControlError as exc:
             raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
         log.info("track relayed to another node", room=producer.room, producer=producer.id,
@@ -318,18 +311,15 @@ class ClusterNode:
         producer = self.s.rooms.producers.get(str(body["producer_id"]))
         if producer is None:
             raise web.HTTPNotFound(text="no such producer here\n")
-        codec = producer.codec
-        rtx = body.get("rtx_ssrc") is not None and codec.rtx_payload_type is not None
-        ssrcs = [int(body["ssrc"])] + ([int(body["rtx_ssrc"])] if rtx else [])
+        rtx_ssrc = body.get("rtx_ssrc")
+        rtx_ssrc = int(rtx_ssrc) if rtx_ssrc is not None and producer.codec.rtx_payload_type is not None else None
+        ssrcs = [int(body["ssrc"])] + ([rtx_ssrc] if rtx_ssrc is not None else [])
         shard = self.s.shards[producer.shard]
         try:
             await quic.request(control.QuicFlow(ssrcs=ssrcs, direction="out", peer_host=str(body["peer_host"]),
                                                 peer_port=int(body["peer_port"]), shard_port=shard.rtc_port))
-            await shard.request(control.Consume(
-                transport_id=QUIC_RELAY, consumer_id=str(body["consumer_id"]), producer_id=producer.id, mid="",
-                payload_type=codec.payload_type, ssrc=ssrcs[0],
-                rtx_payload_type=codec.rtx_payload_type if rtx else None, rtx_ssrc=ssrcs[1] if rtx else None,
-                extensions=_relay_extensions(), nack=True))
+            await shard.request(relay_consume(QUIC_RELAY, str(body["consumer_id"]), producer.id, producer.codec,
+                                              ssrcs[0], rtx_ssrc))
         except control.ControlError as exc:
             raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
         log.info("track relayed over QUIC", room=producer.room, producer=producer.id,
@@ -380,8 +370,4 @@ class ClusterNode:
             "nodes": [n.id for n in nodes]})
 
 
-def _relay_extensions() -> dict[str, int]:
-    from ..relay.loopback import RELAY_EXTENSIONS
-
-    return RELAY_EXTENSIONS
 
