@@ -109,11 +109,14 @@ class Resources:
             return error(exc.status, exc.reason)
 
     def _session(self, request: web.Request) -> Session | web.Response:
+        """The session the URL names, if the request's token may act on it (the grant of
+        its kind: publish for WHIP, subscribe for WHEP); else the error to answer."""
         session = self.s.rooms.sessions.get(request.match_info["session"])
         if (session is None or session.room != request.match_info["room"]
                 or session.kind != request.match_info["kind"]):
             return error(404, "no such session")
-        return session
+        denied = self._authorize(request, session.room, "publish" if session.kind == "whip" else "subscribe")
+        return denied if denied is not None else session
 
     def _answer(self, session: Session, sdp: str) -> web.Response:
         # In a cluster the session lives on this node whatever door the client came in
@@ -208,9 +211,6 @@ class Resources:
         session = self._session(request)
         if isinstance(session, web.Response):
             return session
-        denied = self._authorize(request, session.room, "publish" if session.kind == "whip" else "subscribe")
-        if denied is not None:
-            return denied
         if request.content_type != SDPFRAG:
             return error(415, f"content type must be {SDPFRAG}")
         if_match = request.headers.get("If-Match")
@@ -254,9 +254,6 @@ class Resources:
         session = self._session(request)
         if isinstance(session, web.Response):
             return session
-        denied = self._authorize(request, session.room, "publish" if session.kind == "whip" else "subscribe")
-        if denied is not None:
-            return denied
         return self.s.events.subscribe(session.id, session.location, await request.content.read(4096))
 
     async def get_events(self, request: web.Request) -> web.StreamResponse:
@@ -268,8 +265,5 @@ class Resources:
         session = self._session(request)
         if isinstance(session, web.Response):
             return session
-        denied = self._authorize(request, session.room, "publish" if session.kind == "whip" else "subscribe")
-        if denied is not None:
-            return denied
         await self.s.end_session(session, "deleted by client")
         return web.Response(status=200, headers=CORS)
