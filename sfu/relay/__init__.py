@@ -5,7 +5,7 @@ one machine with plain RTP over loopback. A relay between nodes or sites (QUIC)
 implements the same interface.
 """
 
-from .base import Relay
-from .loopback import RELAY_EXTENSIONS, LoopbackRelay
+from .base import RELAY_EXTENSIONS, Relay
+from .loopback import LoopbackRelay
 
 __all__ = ["RELAY_EXTENSIONS", "LoopbackRelay", "Relay"]

@@ -10,26 +10,15 @@ No SRTP: the datagrams never leave the host.
 
 from __future__ import annotations
 
-import random
-import secrets
 from typing import TYPE_CHECKING, Any
 
 from .. import control
-from ..signalling.sdp import EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL
-from .base import Relay
+from .base import Copy, Relay, relay_consume
 
 if TYPE_CHECKING:
     from ..signalling.rooms import ProducerInfo
 
-RELAY_EXTENSIONS = {EXT_AUDIO_LEVEL: 1, EXT_ABS_SEND_TIME: 2}
-"""Header extensions on every relay, fixed: both ends know them without an SDP.
-No mid: each relayed stream's SSRC is told to both ends."""
-
 LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
-
-
-def _ssrc() -> int:
-    return random.randint(1, 0xFFFFFFFF)
 
 
 class LoopbackRelay(Relay):
@@ -49,26 +38,16 @@ class LoopbackRelay(Relay):
     async def carry(self, producer: "ProducerInfo", destination: int) -> str:
         if destination not in self.endpoints or producer.shard not in self.endpoints or producer.shard == destination:
             raise ValueError(f"{self.id} cannot carry from shard {producer.shard} to {destination}")
-        codec = producer.codec
-        rtx = producer.kind == "video" and codec.rtx_payload_type is not None
-        ssrc, rtx_ssrc = _ssrc(), (_ssrc() if rtx else None)
-        copy_id = secrets.token_urlsafe(12)
+        copy = Copy.of(producer)
         # The copy first: the source starts sending (its GOP history) at once.
-        await self.shards[destination].request(control.Produce(
-            transport_id=self.id, producer_id=copy_id, kind=producer.kind, codec=codec.name, mid="",
-            payload_type=codec.payload_type, clock_rate=codec.clock_rate,
-            rtx_payload_type=codec.rtx_payload_type if rtx else None, ssrc=ssrc, rtx_ssrc=rtx_ssrc,
-            extensions=RELAY_EXTENSIONS, rid=producer.rid))
+        await self.shards[destination].request(copy.produce(self.id, producer))
         try:
-            await self.shards[producer.shard].request(control.Consume(
-                transport_id=self.id, consumer_id=f"{self.id}/{copy_id}", producer_id=producer.id, mid="",
-                payload_type=codec.payload_type, ssrc=ssrc,
-                rtx_payload_type=codec.rtx_payload_type if rtx else None, rtx_ssrc=rtx_ssrc,
-                extensions=RELAY_EXTENSIONS, nack=True))
+            await self.shards[producer.shard].request(relay_consume(
+                self.id, f"{self.id}/{copy.id}", producer.id, producer.codec, copy.ssrc, copy.rtx_ssrc))
         except control.ControlError:
-            await self.release(copy_id, destination)
+            await self.release(copy.id, destination)
             raise
-        return copy_id
+        return copy.id
 
     async def release(self, copy_id: str, destination: int) -> None:
         try:

@@ -11,15 +11,12 @@ cross-site issue encrypts).
 
 from __future__ import annotations
 
-import random
-import secrets
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from .. import control
-from .base import Relay
-from .loopback import RELAY_EXTENSIONS
+from .base import Copy, Relay
 
 if TYPE_CHECKING:
     from ..signalling.rooms import ProducerInfo
@@ -69,24 +66,16 @@ class NodeRelay(Relay):
                                                   "peer_host": self.local_host, "peer_port": local_port})
 
     async def carry(self, producer: "ProducerInfo", destination: int) -> str:
-        codec = producer.codec
-        rtx = producer.kind == "video" and codec.rtx_payload_type is not None
-        ssrc = random.randint(1, 0xFFFFFFFF)
-        rtx_ssrc = random.randint(1, 0xFFFFFFFF) if rtx else None
-        copy_id = secrets.token_urlsafe(12)
-        await self.shards[destination].request(control.Produce(
-            transport_id=self.id, producer_id=copy_id, kind=producer.kind, codec=codec.name, mid="",
-            payload_type=codec.payload_type, clock_rate=codec.clock_rate,
-            rtx_payload_type=codec.rtx_payload_type if rtx else None, ssrc=ssrc, rtx_ssrc=rtx_ssrc,
-            extensions=RELAY_EXTENSIONS, rid=producer.rid))
+        copy = Copy.of(producer)
+        await self.shards[destination].request(copy.produce(self.id, producer))
         try:
             await self._call("/internal/relay/carry", {
-                "relay_id": self.id, "producer_id": producer.id, "consumer_id": f"{self.id}/{copy_id}",
-                "ssrc": ssrc, "rtx_ssrc": rtx_ssrc})
+                "relay_id": self.id, "producer_id": producer.id, "consumer_id": f"{self.id}/{copy.id}",
+                "ssrc": copy.ssrc, "rtx_ssrc": copy.rtx_ssrc})
         except NodeRelayError:
-            await self.release(copy_id, destination)
+            await self.release(copy.id, destination)
             raise
-        return copy_id
+        return copy.id
 
     async def release(self, copy_id: str, destination: int) -> None:
         try:

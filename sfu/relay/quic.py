@@ -10,13 +10,10 @@ heals.
 
 from __future__ import annotations
 
-import random
-import secrets
 from typing import TYPE_CHECKING, Any
 
 from .. import control
-from .base import Relay
-from .loopback import RELAY_EXTENSIONS
+from .base import Copy, Relay
 from .node import NodeRelayError, call_node
 
 if TYPE_CHECKING:
@@ -46,29 +43,21 @@ class QuicRelay(Relay):
         await call_node(self.remote_url, "/internal/quic/open", {"shard": self.remote_shard}, self.token)
 
     async def carry(self, producer: "ProducerInfo", destination: int) -> str:
-        codec = producer.codec
-        rtx = producer.kind == "video" and codec.rtx_payload_type is not None
-        ssrc = random.randint(1, 0xFFFFFFFF)
-        rtx_ssrc = random.randint(1, 0xFFFFFFFF) if rtx else None
-        ssrcs = [ssrc] + ([rtx_ssrc] if rtx_ssrc else [])
-        copy_id = secrets.token_urlsafe(12)
-        await self.shards[destination].request(control.Produce(
-            transport_id=QUIC_RELAY, producer_id=copy_id, kind=producer.kind, codec=codec.name, mid="",
-            payload_type=codec.payload_type, clock_rate=codec.clock_rate,
-            rtx_payload_type=codec.rtx_payload_type if rtx else None, ssrc=ssrc, rtx_ssrc=rtx_ssrc,
-            extensions=RELAY_EXTENSIONS, rid=producer.rid))
+        copy = Copy.of(producer)
+        await self.shards[destination].request(copy.produce(QUIC_RELAY, producer))
         await self.quic_process.request(control.QuicFlow(
-            ssrcs=ssrcs, direction="in", peer_host=self.remote_quic[0], peer_port=self.remote_quic[1],
+            ssrcs=copy.ssrcs, direction="in", peer_host=self.remote_quic[0], peer_port=self.remote_quic[1],
             shard_port=self.shards[destination].rtc_port))
         try:
             await call_node(self.remote_url, "/internal/quic/carry", {
-                "producer_id": producer.id, "consumer_id": f"{QUIC_RELAY}/{copy_id}", "ssrc": ssrc,
-                "rtx_ssrc": rtx_ssrc, "peer_host": self.local_quic[0], "peer_port": self.local_quic[1]}, self.token)
+                "producer_id": producer.id, "consumer_id": f"{QUIC_RELAY}/{copy.id}", "ssrc": copy.ssrc,
+                "rtx_ssrc": copy.rtx_ssrc, "peer_host": self.local_quic[0], "peer_port": self.local_quic[1]},
+                self.token)
         except NodeRelayError:
-            await self.release(copy_id, destination, ssrcs)
+            await self.release(copy.id, destination, copy.ssrcs)
             raise
-        self._ssrcs[copy_id] = ssrcs
-        return copy_id
+        self._ssrcs[copy.id] = copy.ssrcs
+        return copy.id
 
     async def release(self, copy_id: str, destination: int, ssrcs: list[int] | None = None) -> None:
         ssrcs = ssrcs or self._ssrcs.pop(copy_id, [])

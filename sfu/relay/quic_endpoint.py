@@ -27,7 +27,7 @@ import asyncio
 import ssl
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from ..relay.loopback import RELAY_EXTENSIONS
+from ..relay.base import RELAY_EXTENSIONS
 
 if TYPE_CHECKING:
     from .consumer import Consumer

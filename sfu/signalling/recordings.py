@@ -23,7 +23,8 @@ from .. import control
 from ..auth import ADMIN_ROOM, AuthError, bearer_token, verify_token
 from ..logs import get_logger
 from ..recording import catalog
-from ..relay.loopback import LOOPBACK, RELAY_EXTENSIONS
+from ..relay.base import Copy, relay_consume
+from ..relay.loopback import LOOPBACK
 from .child_process import ChildProcess
 from .rooms import ProducerInfo, Session
 
@@ -188,19 +189,15 @@ class Recordings:
         tracks, consumers = [], []
         for producer in self._top_layers(session.producers):
             codec = producer.codec
-            rtx = producer.kind == "video" and codec.rtx_payload_type is not None
-            ssrc = random.randint(1, 0xFFFFFFFF)
-            rtx_ssrc = random.randint(1, 0xFFFFFFFF) if rtx else None
+            copy = Copy.of(producer)
             consumer_id = f"{RECORDER_RELAY}/{recording.id}/{producer.id}"
-            await shard.request(control.Consume(
-                transport_id=RECORDER_RELAY, consumer_id=consumer_id, producer_id=producer.id, mid="",
-                payload_type=codec.payload_type, ssrc=ssrc, rtx_payload_type=codec.rtx_payload_type if rtx else None,
-                rtx_ssrc=rtx_ssrc, extensions=RELAY_EXTENSIONS, nack=True))
+            await shard.request(relay_consume(RECORDER_RELAY, consumer_id, producer.id, codec, copy.ssrc,
+                                              copy.rtx_ssrc))
             consumers.append(consumer_id)
-            tracks.append(control.RecordTrack(ssrc=ssrc, kind=producer.kind, codec=codec.name,
+            tracks.append(control.RecordTrack(ssrc=copy.ssrc, kind=producer.kind, codec=codec.name,
                                               payload_type=codec.payload_type, clock_rate=codec.clock_rate,
-                                              rtx_ssrc=rtx_ssrc,
-                                              rtx_payload_type=codec.rtx_payload_type if rtx else None))
+                                              rtx_ssrc=copy.rtx_ssrc,
+                                              rtx_payload_type=codec.rtx_payload_type if copy.rtx_ssrc else None))
         recording.publishers[session.id] = (session.shard, consumers)
         if tracks:
             await recorder.request(control.StartRecording(
