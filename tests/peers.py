@@ -189,12 +189,8 @@ class Viewer:
         times = [t for t in sorted(self.frame_times) if t >= since]
         return max((b - a for a, b in zip(times, times[1:])), default=float("inf"))
 
-    async def _connect(self, path: str) -> tuple[RTCPeerConnection, str, str]:
-        """One WHEP session whose frames count into this viewer; (pc, location, Link header)."""
-        pc = new_peer_connection()
-        pc.addTransceiver("audio", direction="recvonly")
-        if self.video:
-            pc.addTransceiver("video", direction="recvonly")
+    def count_frames(self, pc: RTCPeerConnection) -> None:
+        """Decode every track ``pc`` receives, counting its frames into this viewer."""
 
         async def consume(track: MediaStreamTrack) -> None:
             try:
@@ -214,6 +210,14 @@ class Viewer:
             self.ended[track.kind] = asyncio.Event()
             self.tasks.append(asyncio.ensure_future(consume(track)))
 
+    async def _connect(self, path: str) -> tuple[RTCPeerConnection, str, str]:
+        """One WHEP session whose frames count into this viewer; (pc, location, Link header)."""
+        pc = new_peer_connection()
+        pc.addTransceiver("audio", direction="recvonly")
+        if self.video:
+            pc.addTransceiver("video", direction="recvonly")
+
+        self.count_frames(pc)
         await pc.setLocalDescription(await pc.createOffer())
         status, text, headers = await _post(self.base_url, path, pc.localDescription.sdp, self.token)
         if status != 201:
@@ -515,21 +519,7 @@ class RoomClient:
         for _ in range(video):
             pc.addTransceiver("video", direction="recvonly")
 
-        async def consume(track: MediaStreamTrack) -> None:
-            try:
-                while True:
-                    frame = await track.recv()
-                    if track.kind == "video":
-                        viewer.frame_sizes.append((frame.width, frame.height))
-                        viewer.frame_times.append(time.monotonic())
-                    else:
-                        viewer.audio_frames += 1
-            except MediaStreamError:
-                pass
-
-        @pc.on("track")
-        def on_track(track: MediaStreamTrack) -> None:
-            viewer.tasks.append(asyncio.ensure_future(consume(track)))
+        viewer.count_frames(pc)
 
         await pc.setLocalDescription(await pc.createOffer())
         reply = await self.request({"type": "subscribe", "sdp": pc.localDescription.sdp, **options})
