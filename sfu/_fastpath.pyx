@@ -281,6 +281,9 @@ DEF PACE_BURST_S = 0.04   # a transport paced at its own rate sends bursts of at
 DEF PACE_MIN_BURST = 2400  # ... and never less than this (one large packet and a small one)
 DEF PROBE_SPAN = 8         # probes copy the consumer's newest packets, this many back
 DEF TWCC_RING = 1024       # packets sent to a transport-cc viewer whose send time and size we keep
+DEF GAP_CLOSE = 64         # more packets than this missing at once: an outage, closed at a keyframe (see _forward)
+DEF SWITCH_HORIZON = 0x4000  # a renumbering point this far behind is forgotten (see _forward)
+DEF RTT_MAX_S = 10.0       # a round trip longer than this is a stale or forged report, not a measurement
 cdef extern from *:
     """
     #define TWCC_UNREPORTED (INT64_MIN + 1)  /* arrival of a packet no feedback mentioned yet */
@@ -296,7 +299,7 @@ DROP_REASONS = (
     "rtp_unknown_ssrc", "rtp_unexpected_payload_type", "rtp_padding_only", "rtx_no_osn",
     "rtcp_malformed", "waiting_for_keyframe", "nack_not_in_buffer", "srtp_protect_failed",
     "send_failed", "pacer_queue_full", "pacer_expired", "unknown_protocol", "empty_datagram",
-    "nack_over_budget", "pacer_superseded",
+    "nack_over_budget", "pacer_superseded", "red_malformed", "late_before_switch",
 )
 cdef enum Drop:
     D_UNKNOWN_ADDRESS, D_SRTP_NOT_READY, D_SRTP_UNPROTECT, D_SRTCP_UNPROTECT,
@@ -304,7 +307,7 @@ cdef enum Drop:
     D_RTP_UNKNOWN_SSRC, D_RTP_UNEXPECTED_PT, D_RTP_PADDING_ONLY, D_RTX_NO_OSN,
     D_RTCP_MALFORMED, D_WAITING_KEYFRAME, D_NACK_NOT_IN_BUFFER, D_SRTP_PROTECT,
     D_SEND_FAILED, D_PACER_QUEUE_FULL, D_PACER_EXPIRED, D_UNKNOWN_PROTOCOL, D_EMPTY,
-    D_NACK_OVER_BUDGET, D_PACER_SUPERSEDED, D_COUNT
+    D_NACK_OVER_BUDGET, D_PACER_SUPERSEDED, D_RED_MALFORMED, D_LATE_BEFORE_SWITCH, D_COUNT
 
 
 cdef struct Hdr:
@@ -484,6 +487,43 @@ cdef int _vp8_keyframe_size(const uint8_t* data, int pos, int end, int* width, i
     return 1
 
 
+cdef int _red_primary(const uint8_t* p, int pos, int end, int* primary_pt) noexcept nogil:
+    """Where the primary block's data starts in the RED payload p[pos:end] (RFC 2198 §3),
+    its PT in ``primary_pt``; -1 if malformed. Every read is bounds-checked.
+
+    Block headers of 4 bytes while F is set (F, block PT, 14-bit timestamp offset,
+    10-bit length), then one byte (F=0, PT) for the primary; the redundant blocks'
+    data follows in order, then the primary's, which runs to the end and may not be
+    empty.
+    """
+    cdef int redundant = 0
+    while True:
+        if pos >= end:
+            return -1  # the headers run past the payload
+        if not p[pos] & 0x80:
+            break
+        if pos + 4 > end:
+            return -1
+        redundant += ((p[pos + 2] & 0x03) << 8) | p[pos + 3]
+        pos += 4
+    primary_pt[0] = p[pos] & 0x7F
+    pos += 1 + redundant
+    if pos >= end:
+        return -1  # blocks past the end, or an empty primary
+    return pos
+
+
+cdef void _red_remap(uint8_t* p, int end, int from_pt, int to_pt) noexcept nogil:
+    """Renumber the block headers of a (valid) RED payload p[:end] carrying ``from_pt``."""
+    cdef int pos = 0
+    while pos < end:
+        if (p[pos] & 0x7F) == from_pt:
+            p[pos] = (p[pos] & 0x80) | to_pt
+        if not p[pos] & 0x80:
+            return
+        pos += 4
+
+
 # --- a small open-addressing hash map: uint64 key -> int32 value ----------------------
 
 cdef struct MapEntry:
@@ -621,6 +661,7 @@ cdef struct TransportRec:
     int n_producers
     int id_twcc       # transport-cc extension id we stamp on all we send (0: none)
     TwccRec* twcc     # allocated only while id_twcc is set
+    double rtt        # the newest round trip measured to any of its consumers (s), -1 if none yet
 
 
 cdef struct ProducerRec:
@@ -630,6 +671,7 @@ cdef struct ProducerRec:
     int codec
     int pt
     int rtx_pt
+    int red_pt        # RFC 2198 redundancy wrapping pt (audio), -1 if not negotiated
     int clock_rate
     uint32_t ssrc
     uint32_t rtx_ssrc
@@ -656,6 +698,10 @@ cdef struct ProducerRec:
     uint32_t lsr
     double lsr_at
     uint64_t bytes
+    # the last outage in the input: more than GAP_CLOSE packets missing between these two
+    int has_gap
+    uint16_t gap_before  # the newest sequence number received before it
+    uint16_t gap_after   # the first after it
     # RFC 6464 audio levels (audio only) since the last take_audio_levels(): the sum of
     # the 7-bit levels (-dBov), packets carrying one, and of those the ones with V set
     uint64_t level_sum
@@ -686,6 +732,7 @@ cdef struct ConsumerRec:
     int is_video
     int pt
     int rtx_pt
+    int red_pt        # RED sent as such with this PT; -1: RED stripped to its primary
     int has_rtx
     int nack
     uint32_t ssrc
@@ -708,8 +755,8 @@ cdef struct ConsumerRec:
     # simulcast: the layer (producer) to move to at its next keyframe, and continuity
     int target
     int is_vp8
-    uint16_t last_seq
-    uint32_t last_ts
+    uint16_t last_seq  # the newest (highest) sequence number sent, in the viewer's numbering
+    uint32_t last_ts   # ... its timestamp, and when it went
     double last_at
     int switched
     uint16_t switch_seq
@@ -725,6 +772,7 @@ cdef struct ConsumerRec:
     uint32_t prev_ts_offset
     uint16_t prev_pic_offset
     uint8_t prev_tl0_offset
+    int late_run       # packets in a row dropped as older than switch_seq
     int fraction_lost  # from the viewer's last receiver report, /256
     uint32_t reports   # receiver reports received about this consumer
     # pacer: producer sequence numbers waiting for tokens
@@ -743,6 +791,10 @@ cdef struct ConsumerRec:
     double probe_at
     int probe_k
     uint64_t probe_bytes
+    # round trip (RFC 3550 §6.4.1): the last SR sent to the viewer, as LSR will echo it
+    uint32_t sr_lsr     # middle 32 bits of its NTP time
+    double sr_at        # when we sent it (engine clock), 0 before the first
+    double rtt          # seconds, -1 until a receiver report echoes an SR
 
 
 cdef inline double _now() noexcept nogil:
@@ -960,6 +1012,7 @@ cdef class Engine:
         tr.last_seen = _now()
         tr.tokens = self.pacer_burst_bytes
         tr.tokens_at = tr.last_seen
+        tr.rtt = -1.0
         while len(self.srtp_refs) <= t:
             self.srtp_refs.append(None)
         self.srtp_refs[t] = None
@@ -1058,6 +1111,11 @@ cdef class Engine:
     def transport_remb_bps(self, int t) -> int:
         return self._transport(t).remb_bps
 
+    def transport_rtt(self, int t) -> float:
+        """The newest round-trip time (seconds) measured to any consumer of transport t,
+        from a receiver report echoing one of our SRs; -1.0 if none yet."""
+        return self._transport(t).rtt
+
     def remove_transport(self, int t):
         cdef TransportRec* tr = self._transport(t)
         cdef int i
@@ -1078,7 +1136,18 @@ cdef class Engine:
     # --- control: producers -----------------------------------------------------------
 
     def add_producer(self, int t, *, bint video, int codec, int payload_type, int clock_rate,
-                     int rtx_payload_type=-1, ssrc=None, rtx_ssrc=None, bytes mid=b"", bytes rid=b"") -> int:
+                     int rtx_payload_type=-1, ssrc=None, rtx_ssrc=None, bytes mid=b"", bytes rid=b"",
+                     int red_payload_type=-1) -> int:
+        """A track the peer on transport t publishes.
+
+        ``red_payload_type``: RFC 2198 redundant audio wrapping ``payload_type`` (Opus),
+        accepted on the media SSRC beside plain packets; each consumer gets it as RED or
+        stripped to its primary (``add_consumer``). Audio only: a video packet's payload
+        must be readable for keyframes and layers.
+        """
+        if red_payload_type >= 0 and (video or red_payload_type == payload_type
+                                      or red_payload_type == rtx_payload_type):
+            raise ValueError(f"red_payload_type {red_payload_type}: RED wraps an audio codec, under its own PT")
         cdef TransportRec* tr = self._transport(t)
         cdef int p = self._slot(<void**>&self.producers, &self.n_producers, sizeof(ProducerRec))
         cdef ProducerRec* pr = &self.producers[p]
@@ -1088,6 +1157,7 @@ cdef class Engine:
         pr.codec = codec
         pr.pt = payload_type
         pr.rtx_pt = rtx_payload_type
+        pr.red_pt = red_payload_type if red_payload_type >= 0 else -1
         pr.clock_rate = clock_rate
         pr.mid_len = min(len(mid), 16)
         memcpy(pr.mid, <const char*>mid, pr.mid_len)
@@ -1191,8 +1261,13 @@ cdef class Engine:
     def add_consumer(self, int t, int p, *, int payload_type, uint32_t ssrc, int rtx_payload_type=-1,
                      rtx_ssrc=None, bint nack=True, int mid=0, int abs_send_time=0, int audio_level=0,
                      bytes mid_value=b"", uint16_t first_seq=0, uint32_t first_ts=0,
-                     uint16_t first_rtx_seq=0, int transport_cc=0) -> int:
+                     uint16_t first_rtx_seq=0, int transport_cc=0, int red_payload_type=-1) -> int:
         """One producer delivered on transport ``t`` with the viewer's numbering.
+
+        ``red_payload_type``: the viewer takes RFC 2198 RED under this PT; a RED packet
+        of the producer goes out as RED, its blocks of the producer's codec renumbered to
+        ``payload_type``. -1 (a viewer that did not negotiate RED, the recorder): each
+        RED packet goes out as its primary block alone, under ``payload_type``.
 
         ``transport_cc``: the viewer's transport-cc extension id (0: not negotiated). It
         applies to the whole transport: from then on every packet sent there (media,
@@ -1213,6 +1288,7 @@ cdef class Engine:
         cr.producer = p
         cr.is_video = pr.is_video
         cr.pt = payload_type
+        cr.red_pt = red_payload_type if red_payload_type >= 0 else -1
         cr.ssrc = ssrc
         cr.has_rtx = rtx_ssrc is not None and rtx_payload_type >= 0
         cr.rtx_pt = rtx_payload_type
@@ -1230,6 +1306,7 @@ cdef class Engine:
         cr.is_vp8 = pr.codec == 1
         cr.last_pic = cr.last_tl0 = -1
         cr.tid_max = -1
+        cr.rtt = -1.0
         if pr.is_video:
             cr.queue = <uint16_t*>malloc(PACER_QUEUE * sizeof(uint16_t))
             if cr.queue == NULL:
@@ -1314,7 +1391,8 @@ cdef class Engine:
         return {"packets_sent": cr.packets_sent, "bytes_sent": cr.bytes_sent,
                 "nacks_served": cr.nacks_served, "started": bool(cr.started), "paced": cr.q_len,
                 "fraction_lost": cr.fraction_lost / 256.0, "reports": cr.reports,
-                "probe_bytes": cr.probe_bytes, "tid_max": cr.tid_max, "tid_dropped": cr.tid_dropped}
+                "probe_bytes": cr.probe_bytes, "tid_max": cr.tid_max, "tid_dropped": cr.tid_dropped,
+                "rtt_s": cr.rtt if cr.rtt >= 0 else 0.0}
 
     def set_consumer_temporal(self, int c, int tid_max, bint until_switch=False):
         """Send VP8 temporal layers up to ``tid_max`` only (-1: all of them).
@@ -1395,9 +1473,7 @@ cdef class Engine:
         i = pr.last_key_seq % RING
         if _parse(pr.ring + i * SLOT, pr.ring_len[i], pt.id_mid, pt.id_abs, pt.id_level, 0, 0, &h) < 0:
             return False
-        cr.started = 1
-        cr.seq_offset = (cr.first_seq - h.seq) & 0xFFFF
-        cr.ts_offset = cr.first_ts - h.ts
+        self._start(cr, &h)
         self.keyframe_history_starts += 1
         for k in range(count):
             seq = (pr.last_key_seq + k) & 0xFFFF
@@ -1520,10 +1596,10 @@ cdef class Engine:
     cdef void _on_rtp(self, int t, uint8_t* buf, int n, double now) except *:
         cdef TransportRec* tr = &self.transports[t]
         cdef Hdr h
-        cdef int r, p, i, is_rtx
+        cdef int r, p, i, is_rtx, primary_pt
         cdef int32_t v
         cdef ProducerRec* pr
-        cdef bint key
+        cdef bint key, red = False
         if n > MAX_RTP:
             self.drops[<int>D_RTP_TOO_LARGE] += 1
             return
@@ -1565,13 +1641,28 @@ cdef class Engine:
             h.pt = pr.pt
             h.ssrc = pr.ssrc
         elif h.pt != pr.pt:
-            self.drops[<int>D_RTP_UNEXPECTED_PT] += 1
-            return
+            if h.pt != pr.red_pt:
+                self.drops[<int>D_RTP_UNEXPECTED_PT] += 1
+                return
+            red = True
         if h.payload_len == 0:
             self.drops[<int>D_RTP_PADDING_ONLY] += 1
             return
+        if red:
+            # Checked once here, so each consumer's rewrite can trust the block structure.
+            if _red_primary(buf, h.payload_off, h.payload_off + h.payload_len, &primary_pt) < 0:
+                self.drops[<int>D_RED_MALFORMED] += 1
+                return
+            if primary_pt != pr.pt:  # a primary in another codec than negotiated (pt/pt)
+                self.drops[<int>D_RTP_UNEXPECTED_PT] += 1
+                return
         n = h.payload_off + h.payload_len  # padding is not forwarded
         buf[0] &= 0xDF  # nor its flag: the copy in the NACK ring is parsed again
+        if pr.started and GAP_CLOSE + 1 < ((h.seq - pr.max_seq) & 0xFFFF) < 0x8000:
+            # The input resumes after an outage: consumers close the gap (see _forward).
+            pr.has_gap = 1
+            pr.gap_before = pr.max_seq
+            pr.gap_after = h.seq
         self.packets_in += 1
         self.bytes_in += n
         tr.packets_in += 1
@@ -1625,7 +1716,7 @@ cdef class Engine:
                         continue
                 elif h.rid_len != pr.rid_len or memcmp(pr.rid, buf + h.rid_off, h.rid_len) != 0:
                     continue
-            if h.pt == pr.pt and not pr.has_ssrc:
+            if (h.pt == pr.pt or h.pt == pr.red_pt) and not pr.has_ssrc:
                 self._bind_ssrc(p, h.ssrc, False)
                 return p << 1
             if rtx and not pr.has_rtx_ssrc and pr.has_ssrc:
@@ -1660,11 +1751,31 @@ cdef class Engine:
 
     cdef void _forward(self, int c, int p, const uint8_t* buf, Hdr* h, bint key, double now,
                        bint from_queue) except *:
-        """One packet to one consumer: start on a keyframe, pace, rewrite, protect, queue."""
+        """One packet to one consumer: start on a keyframe, pace, number, rewrite, protect, queue.
+
+        Numbering: the packet's number in the viewer's sequence is its own plus the
+        consumer's offset, which changes only where the stream is continued from the
+        newest number sent + 1: a layer switch, or a long gap in the producer's input.
+        A gap of more than GAP_CLOSE (64) missing packets is an outage upstream (a relay
+        cut for seconds), not loss to repair: for audio that is 1.3 s, far past what RED
+        (1-2 blocks back) or Opus FEC (one packet back) restore, and past aiortc's 16-packet
+        audio buffer; for video it takes whole frames that nothing repairs (the engine
+        never NACKs upstream), so the viewer needs a keyframe whichever way. Shown to the
+        viewer, such a hole stalls its jitter buffer until it gives up on it (aiortc: until
+        its buffer has moved past the hole) before it even asks. So the gap is closed:
+        audio at once (every Opus packet decodes on its own), video at the next keyframe,
+        asked for at once. Below that, the hole stays visible: loss concealment, NACK, RED
+        and FEC work from sequence gaps. A packet from before a renumbering point (one of
+        the gap's, late; the new layer's, older than its keyframe) is dropped: its number
+        went to another packet.
+        """
         cdef ConsumerRec* cr = &self.consumers[c]
         cdef TransportRec* tr = &self.transports[cr.transport]
         cdef uint8_t* out
-        cdef int n, i
+        cdef int n, i, plen
+        cdef uint16_t seq, ahead, back
+        cdef ProducerRec* pr
+        cdef bint resume = False
         if not tr.has_addr or not tr.ready:
             return
         if cr.producer != p:
@@ -1686,23 +1797,54 @@ cdef class Engine:
             self._switch(c, p, h, now)
         if not cr.started:
             if cr.is_video and not key:
-                self.drops[<int>D_WAITING_KEYFRAME] += 1
-                if now - cr.keyframe_asked > 1.0:
-                    cr.keyframe_asked = now
-                    self._keyframe_request(p, now)
+                self._wait_keyframe(cr, p, now)
                 return
-            cr.started = 1
-            cr.seq_offset = (cr.first_seq - h.seq) & 0xFFFF
-            cr.ts_offset = cr.first_ts - h.ts
+            self._start(cr, h)
         if self.pacer_enabled and cr.is_video and not from_queue:
             self._refill(tr, now)
             if cr.q_len or tr.tokens <= 0:
                 self._enqueue(cr, <uint16_t>h.seq)
                 return
+        # Sent now: its number in the viewer's sequence.
+        seq = (h.seq + cr.seq_offset) & 0xFFFF
+        ahead = (seq - cr.last_seq) & 0xFFFF
+        if ahead >= 0x8000:
+            if cr.switched and ((seq - cr.switch_seq) & 0xFFFF) >= 0x8000:
+                cr.late_run += 1
+                if cr.late_run <= GAP_CLOSE:
+                    self.drops[<int>D_LATE_BEFORE_SWITCH] += 1
+                    return
+                # Nothing else for that long: not stragglers, the input went back (a
+                # sender restarted its numbering). A discontinuity, closed like a gap.
+                resume = True
+        elif ahead > GAP_CLOSE + 1:
+            # A hole that long: closed if the producer's last outage is inside it. (One our
+            # pacer made, of packets the history still has for NACKs, stays.)
+            pr = &self.producers[p]
+            back = (cr.last_seq - cr.seq_offset) & 0xFFFF  # the newest input sent
+            resume = pr.has_gap and ((pr.gap_before - back) & 0xFFFF) < ahead \
+                and ((h.seq - pr.gap_after) & 0xFFFF) < ahead
+        if resume:
+            if cr.is_video and not key:
+                key = _keyframe(self.producers[p].codec, buf, h.payload_off, h.payload_off + h.payload_len)
+                if not key:
+                    self._wait_keyframe(cr, p, now)
+                    return
+            self._renumber(cr, p, h, now, ahead < 0x8000)
+            seq = cr.switch_seq
+            ahead = 1
+        cr.late_run = 0
+        if ahead < 0x8000:
+            cr.last_seq = seq
+            if cr.switched and ((seq - cr.switch_seq) & 0xFFFF) >= SWITCH_HORIZON:
+                # Long past the last renumbering: nothing before it is answerable any more
+                # (the histories hold 1,024 packets). Trailing it keeps every comparison
+                # with it within half the sequence space.
+                cr.switch_seq = seq - SWITCH_HORIZON
+                cr.prev_producer = -1
         out = self._out_slot()
-        cr.last_seq = (h.seq + cr.seq_offset) & 0xFFFF
         if cr.tid_max >= 0 and cr.is_vp8 and _vp8_tid(buf, h.payload_off, h.payload_off + h.payload_len) > cr.tid_max:
-            n = self._padding(cr, out, cr.last_seq, cr.last_ts)
+            n = self._padding(cr, out, seq, cr.last_ts)
             if cr.pad_seq == NULL:
                 cr.pad_seq = <int32_t*>malloc(RING * sizeof(int32_t))
                 cr.pad_ts = <uint32_t*>malloc(RING * sizeof(uint32_t))
@@ -1710,51 +1852,76 @@ cdef class Engine:
                     raise MemoryError()
                 for i in range(RING):
                     cr.pad_seq[i] = -1
-            cr.pad_seq[cr.last_seq % RING] = cr.last_seq
-            cr.pad_ts[cr.last_seq % RING] = cr.last_ts
+            cr.pad_seq[seq % RING] = seq
+            cr.pad_ts[seq % RING] = cr.last_ts
             cr.tid_dropped += 1
             tr.tokens -= n
             self._emit(cr.transport, n, False)
             return
         if cr.pad_seq != NULL:
-            cr.pad_seq[cr.last_seq % RING] = -1
-        cr.last_ts = h.ts + cr.ts_offset
-        cr.last_at = now
-        n = self._rewrite(cr, buf, h, out, cr.last_seq, True, now)
+            cr.pad_seq[seq % RING] = -1
+        if ahead < 0x8000:
+            cr.last_ts = h.ts + cr.ts_offset
+            cr.last_at = now
+        n = self._rewrite(cr, &self.producers[p], buf, h, out, seq, True, now, &plen)
+        if n < 0:  # cannot happen: RED is checked on arrival
+            self.drops[<int>D_RED_MALFORMED] += 1
+            return
         cr.packets_sent += 1
-        cr.bytes_sent += h.payload_len
+        cr.bytes_sent += plen
         tr.tokens -= n
         self._emit(cr.transport, n, False)
+
+    cdef void _start(self, ConsumerRec* cr, Hdr* h) noexcept nogil:
+        """The consumer's first packet (a keyframe for video) gets its first_seq and first_ts."""
+        cr.started = 1
+        cr.seq_offset = (cr.first_seq - h.seq) & 0xFFFF
+        cr.ts_offset = cr.first_ts - h.ts
+        cr.last_seq = cr.first_seq - 1
+
+    cdef void _wait_keyframe(self, ConsumerRec* cr, int p, double now) except *:
+        """Drop a video packet the consumer cannot start (or resume) on; ask for a keyframe,
+        at most once a second per consumer (the producer coalesces the requests)."""
+        self.drops[<int>D_WAITING_KEYFRAME] += 1
+        if now - cr.keyframe_asked > 1.0:
+            cr.keyframe_asked = now
+            self._keyframe_request(p, now)
 
     cdef void _switch(self, int c, int p, Hdr* h, double now) noexcept nogil:
         """Move consumer c to producer p at this keyframe, continuing its numbering."""
         cdef ConsumerRec* cr = &self.consumers[c]
         cdef ProducerRec* pr = &self.producers[p]
-        cdef double ticks
+        cdef int old = cr.producer
         if cr.producer >= 0:
             self._list_remove(&self.producers[cr.producer], c)
-        if cr.started:
-            # What the old layer sent stays answerable to NACKs, with its offsets.
-            cr.prev_producer = cr.producer
-            cr.prev_start_seq = cr.switch_seq if cr.switched else cr.first_seq
-            cr.prev_seq_offset = cr.seq_offset
-            cr.prev_ts_offset = cr.ts_offset
-            cr.prev_pic_offset = cr.pic_offset
-            cr.prev_tl0_offset = cr.tl0_offset
         cr.producer = p
         cr.target = -1
         cr.is_vp8 = pr.codec == 1
         if cr.tid_until_switch:
             cr.tid_max = -1
             cr.tid_until_switch = 0
-        if not cr.started:
-            return
+        if cr.started:
+            # Layers have unrelated timestamp bases: carry on from ours by the time elapsed.
+            self._renumber(cr, old, h, now, False)
+
+    cdef void _renumber(self, ConsumerRec* cr, int old, Hdr* h, double now, bint keep_ts) noexcept nogil:
+        """Continue the viewer's numbering at this packet (a keyframe for video) from the
+        newest sent + 1: sequence number, VP8 picture id and TL0PICIDX; the timestamp too
+        unless ``keep_ts`` (the same producer's clock, which the viewer's SR mapping follows).
+        What producer ``old`` sent before stays answerable to NACKs, with its offsets."""
+        cdef double ticks
+        cr.prev_producer = old
+        cr.prev_start_seq = cr.switch_seq if cr.switched else cr.first_seq
+        cr.prev_seq_offset = cr.seq_offset
+        cr.prev_ts_offset = cr.ts_offset
+        cr.prev_pic_offset = cr.pic_offset
+        cr.prev_tl0_offset = cr.tl0_offset
         cr.switched = 1
         cr.switch_seq = (cr.last_seq + 1) & 0xFFFF
         cr.seq_offset = (cr.switch_seq - h.seq) & 0xFFFF
-        # Layers have unrelated timestamp bases: carry on from ours by the time elapsed.
-        ticks = (now - cr.last_at) * pr.clock_rate
-        cr.ts_offset = cr.last_ts + (<uint32_t>ticks if ticks >= 1 else 1) - h.ts
+        if not keep_ts:
+            ticks = (now - cr.last_at) * self.producers[cr.producer].clock_rate
+            cr.ts_offset = cr.last_ts + (<uint32_t>ticks if ticks >= 1 else 1) - h.ts
         cr.pic_reset = 1
 
     cdef void _vp8(self, ConsumerRec* cr, uint8_t* d, int n, bint track) noexcept nogil:
@@ -1795,20 +1962,36 @@ cdef class Engine:
         if track:
             cr.pic_reset = 0
 
-    cdef int _rewrite(self, ConsumerRec* cr, const uint8_t* buf, Hdr* h, uint8_t* o, uint32_t seq,
-                      bint track, double now) noexcept nogil:
-        """The viewer's copy: its SSRC, seq, ts, PT; extensions in its ids; no padding.
+    cdef int _rewrite(self, ConsumerRec* cr, ProducerRec* src, const uint8_t* buf, Hdr* h, uint8_t* o,
+                      uint32_t seq, bint track, double now, int* payload_len) noexcept nogil:
+        """The viewer's copy of a packet of producer ``src``: its SSRC, seq, ts, PT;
+        extensions in its ids; no padding. Returns its length, the payload's in
+        ``payload_len``; -1 for a RED payload that does not parse (checked on arrival).
 
         abs-send-time is stamped now, whether or not the publisher sent one: the
         viewer's delay-based estimate is about the path from us, and a timestamp from
         the publisher would count our queueing (pacer, probes, history replays) as
         congestion on the viewer's link. A transport-cc viewer gets the next
         transport-wide sequence number (``_emit`` counts it as sent).
+
+        RED (RFC 2198) goes out as RED under the viewer's RED PT, the blocks of the
+        codec renumbered to the viewer's codec PT; or, to a viewer without RED, as its
+        primary block alone: the same timestamp (the primary's offset is 0) and number.
         """
-        cdef int elen = 0, pos
+        cdef int elen = 0, pos, primary_pt
+        cdef int pt = cr.pt, poff = h.payload_off, plen = h.payload_len
+        cdef bint red = h.pt == src.red_pt
         cdef uint32_t abs24
         cdef uint8_t* ext = o + 12 + 4 * h.cc + 4
         cdef TransportRec* tr = &self.transports[cr.transport]
+        if red:
+            if cr.red_pt >= 0:
+                pt = cr.red_pt
+            else:
+                poff = _red_primary(buf, h.payload_off, h.payload_off + h.payload_len, &primary_pt)
+                if poff < 0:
+                    return -1
+                plen = h.payload_off + h.payload_len - poff
         if cr.id_mid and cr.mid_len:
             ext[0] = (cr.id_mid << 4) | (cr.mid_len - 1)
             memcpy(ext + 1, cr.mid, cr.mid_len)
@@ -1832,7 +2015,7 @@ cdef class Engine:
             ext[elen] = 0
             elen += 1
         o[0] = 0x80 | h.cc | (0x10 if elen else 0)
-        o[1] = (h.marker << 7) | cr.pt
+        o[1] = (h.marker << 7) | pt
         _put16(o + 2, seq)
         _put32(o + 4, h.ts + cr.ts_offset)
         _put32(o + 8, cr.ssrc)
@@ -1844,10 +2027,13 @@ cdef class Engine:
             _put16(o + pos, 0xBEDE)
             _put16(o + pos + 2, elen // 4)
             pos += 4 + elen
-        memcpy(o + pos, buf + h.payload_off, h.payload_len)
+        memcpy(o + pos, buf + poff, plen)
+        if red and cr.red_pt >= 0:
+            _red_remap(o + pos, plen, src.pt, cr.pt)
         if cr.is_vp8:
-            self._vp8(cr, o + pos, h.payload_len, track)
-        return pos + h.payload_len
+            self._vp8(cr, o + pos, plen, track)
+        payload_len[0] = plen
+        return pos + plen
 
     cdef int _padding(self, ConsumerRec* cr, uint8_t* o, uint16_t seq, uint32_t ts) noexcept nogil:
         """A padding-only packet (RFC 3550 §5.1) in the consumer's numbering; with the
@@ -2039,7 +2225,6 @@ cdef class Engine:
     cdef void _on_rtcp(self, int t, uint8_t* buf, int n, double now) except *:
         cdef TransportRec* tr = &self.transports[t]
         cdef int pos = 0, length, pt, fmt, end, i, shift
-        cdef int32_t c32
         cdef uint32_t sender, media, mantissa
         if tr.srtp_rx != NULL:
             if _srtp_unprotect_rtcp(tr.srtp_rx, buf, &n) != 0:
@@ -2062,16 +2247,9 @@ cdef class Engine:
             sender = _u32(buf + pos + 4)
             if pt == 200 and length >= 28:
                 self._on_sender_report(t, sender, buf + pos + 8, now)
+                self._report_blocks(t, buf + pos + 28, min(fmt, (length - 28) // 24), now)
             elif pt == 201:
-                # Report blocks about our consumers' streams: their loss feeds the layer policy.
-                i = pos + 8
-                while i + 24 <= end:
-                    media = _u32(buf + i)
-                    c32 = _map_get(&self.consumer_map, _consumer_key(t, media))
-                    if c32 >= 0:
-                        self.consumers[c32].fraction_lost = buf[i + 4]
-                        self.consumers[c32].reports += 1
-                    i += 24
+                self._report_blocks(t, buf + pos + 8, min(fmt, (length - 8) // 24), now)
             elif pt == 205 and fmt == 1 and length >= 12:
                 media = _u32(buf + pos + 8)
                 i = pos + 12
@@ -2275,6 +2453,32 @@ cdef class Engine:
             return {"id": 0, "sent": 0, "feedbacks": 0}
         return {"id": tr.id_twcc, "sent": tr.twcc.count, "feedbacks": tr.twcc.feedbacks}
 
+    cdef void _report_blocks(self, int t, const uint8_t* b, int count, double now) noexcept nogil:
+        """``count`` report blocks (RFC 3550 §6.4.1) at b, from an RR or after an SR's sender
+        info, about streams we send on transport t: the viewer's loss feeds the layer
+        policy, and an LSR echoing the last SR we sent that consumer times the round trip
+        (now - when we sent it - DLSR). LSR 0 (no SR received yet) and results below 0 or
+        above RTT_MAX_S are not measurements."""
+        cdef int k
+        cdef int32_t c
+        cdef ConsumerRec* cr
+        cdef uint32_t lsr
+        cdef double rtt
+        for k in range(count):
+            c = _map_get(&self.consumer_map, _consumer_key(t, _u32(b + 24 * k)))
+            if c < 0:
+                continue
+            cr = &self.consumers[c]
+            cr.fraction_lost = b[24 * k + 4]
+            cr.reports += 1
+            lsr = _u32(b + 24 * k + 16)
+            if lsr == 0 or lsr != cr.sr_lsr or cr.sr_at <= 0:
+                continue
+            rtt = now - cr.sr_at - _u32(b + 24 * k + 20) / 65536.0
+            if 0 <= rtt <= RTT_MAX_S:
+                cr.rtt = rtt
+                self.transports[t].rtt = rtt
+
     cdef void _on_sender_report(self, int t, uint32_t ssrc, const uint8_t* info, double now) except *:
         """Keep LSR for our RR; send each consumer an SR in its own numbering (lip-sync)."""
         cdef int32_t v = _map_get(&self.ssrc_map, _ssrc_key(t, ssrc))
@@ -2303,6 +2507,8 @@ cdef class Engine:
             _put32(o + 20, <uint32_t>cr.packets_sent)
             _put32(o + 24, <uint32_t>cr.bytes_sent)
             self._emit(cr.transport, 28, True)
+            cr.sr_lsr = pr.lsr  # what the viewer's LSR will echo
+            cr.sr_at = now
 
     cdef void _on_nack(self, int t, uint32_t media, uint16_t pid, uint16_t blp, double now) except *:
         cdef int32_t c = _map_get(&self.consumer_map, _consumer_key(t, media))
@@ -2358,7 +2564,7 @@ cdef class Engine:
         cdef ProducerRec* pr = &self.producers[p]
         cdef TransportRec* pt
         cdef uint16_t src = (seq - cr.seq_offset) & 0xFFFF
-        cdef int i, n, off
+        cdef int i, n, off, plen
         cdef Hdr h
         cdef uint8_t* o
         if pr.ring == NULL:
@@ -2372,18 +2578,24 @@ cdef class Engine:
             return 0
         o = self._out_slot()
         if cr.has_rtx:
-            n = self._rewrite(cr, pr.ring + i * SLOT, &h, self.scratch, seq, False, now)
-            off = n - h.payload_len
+            n = self._rewrite(cr, pr, pr.ring + i * SLOT, &h, self.scratch, seq, False, now, &plen)
+            if n < 0:
+                self.drops[<int>D_RED_MALFORMED] += 1
+                return 0
+            off = n - plen
             memcpy(o, self.scratch, off)
             o[1] = (o[1] & 0x80) | cr.rtx_pt
             _put16(o + 2, cr.rtx_seq)
             _put32(o + 8, cr.rtx_ssrc)
             cr.rtx_seq += 1
             _put16(o + off, seq)
-            memcpy(o + off + 2, self.scratch + off, h.payload_len)
+            memcpy(o + off + 2, self.scratch + off, plen)
             n += 2
         else:
-            n = self._rewrite(cr, pr.ring + i * SLOT, &h, o, seq, False, now)
+            n = self._rewrite(cr, pr, pr.ring + i * SLOT, &h, o, seq, False, now, &plen)
+            if n < 0:
+                self.drops[<int>D_RED_MALFORMED] += 1
+                return 0
         if not probe:
             cr.nacks_served += 1
             self.nacks_served += 1

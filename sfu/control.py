@@ -34,6 +34,7 @@ class CreateWebRtcTransport(Struct):
     remote_pwd: str
     dtls_role: str  # our role: "client" | "server"
     remote_fingerprint: tuple[str, str]
+    report_rtt: bool = False  # send its round-trip time in RoundTrips, once a second
 
 
 class RestartIce(Struct):
@@ -61,6 +62,7 @@ class Produce(Struct):
     rtx_ssrc: int | None = None
     extensions: dict[str, int] = {}
     rid: str = ""  # one simulcast layer of the m-line (RFC 8853), or "" for a single encoding
+    red_payload_type: int | None = None  # RFC 2198 redundancy wrapping payload_type (audio)
 
 
 class Consume(Struct):
@@ -80,6 +82,7 @@ class Consume(Struct):
     max_width: int | None = None  # the viewer's screen: no layer larger than needed to fill it
     max_height: int | None = None
     room_max_layer: int | None = None  # room-wide ceiling, 0 = the lowest layer
+    red_payload_type: int | None = None  # RED as sent, under this PT; None: stripped to its primary
 
 
 class OpenRelay(Struct):
@@ -209,7 +212,15 @@ class AudioLevels(Struct):
     levels: list[tuple[str, float, float]]
 
 
-Notification = Union[Hello, TransportStateChanged, LoadReport, Draining, AudioLevels]
+class RoundTrips(Struct):
+    """Each second: the round-trip time of each transport created with ``report_rtt``
+    whose viewer echoed one of our sender reports (RFC 3550 §6.4.1), as (transport id,
+    milliseconds); transports with no measurement yet are left out."""
+
+    rtts: list[tuple[str, float]]
+
+
+Notification = Union[Hello, TransportStateChanged, LoadReport, Draining, AudioLevels, RoundTrips]
 
 
 class RequestFrame(msgspec.Struct, tag="req"):

@@ -237,6 +237,9 @@ TWCC_RING = 1024       # packets sent to a transport-cc viewer whose send time a
 TWCC_UNREPORTED = -(1 << 63) + 1  # arrival of a packet no feedback mentioned yet
 TWCC_LOST = -(1 << 63) + 2        # ... of one a feedback reported not received
 KEYFRAME_ASK_INTERVAL_S = 1.0  # a waiting consumer asks for a keyframe at most this often
+GAP_CLOSE = 64         # more packets than this missing at once: an outage, closed at a keyframe (see _forward)
+SWITCH_HORIZON = 0x4000  # a renumbering point this far behind is forgotten (see _forward)
+RTT_MAX_S = 10.0       # a round trip longer than this is a stale or forged report, not a measurement
 
 DROP_REASONS = (
     "unknown_address", "srtp_not_ready", "srtp_unprotect_failed", "srtcp_unprotect_failed",
@@ -244,14 +247,14 @@ DROP_REASONS = (
     "rtp_unknown_ssrc", "rtp_unexpected_payload_type", "rtp_padding_only", "rtx_no_osn",
     "rtcp_malformed", "waiting_for_keyframe", "nack_not_in_buffer", "srtp_protect_failed",
     "send_failed", "pacer_queue_full", "pacer_expired", "unknown_protocol", "empty_datagram",
-    "nack_over_budget", "pacer_superseded",
+    "nack_over_budget", "pacer_superseded", "red_malformed", "late_before_switch",
 )
 (D_UNKNOWN_ADDRESS, D_SRTP_NOT_READY, D_SRTP_UNPROTECT, D_SRTCP_UNPROTECT,
  D_RTP_TRUNCATED, D_RTP_BAD_VERSION, D_RTP_BAD_PADDING, D_RTP_BAD_EXTENSION, D_RTP_TOO_LARGE,
  D_RTP_UNKNOWN_SSRC, D_RTP_UNEXPECTED_PT, D_RTP_PADDING_ONLY, D_RTX_NO_OSN,
  D_RTCP_MALFORMED, D_WAITING_KEYFRAME, D_NACK_NOT_IN_BUFFER, D_SRTP_PROTECT,
  D_SEND_FAILED, D_PACER_QUEUE_FULL, D_PACER_EXPIRED, D_UNKNOWN_PROTOCOL, D_EMPTY,
- D_NACK_OVER_BUDGET, D_PACER_SUPERSEDED) = range(len(DROP_REASONS))
+ D_NACK_OVER_BUDGET, D_PACER_SUPERSEDED, D_RED_MALFORMED, D_LATE_BEFORE_SWITCH) = range(len(DROP_REASONS))
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -418,6 +421,43 @@ def _keyframe(codec: int, data: bytes | bytearray, pos: int, end: int) -> bool:
     return False
 
 
+def _red_primary(p: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
+    """Where the primary block's data starts in the RED payload p[pos:end] (RFC 2198 §3),
+    and its PT; (-1, 0) if malformed.
+
+    Block headers of 4 bytes while F is set (F, block PT, 14-bit timestamp offset,
+    10-bit length), then one byte (F=0, PT) for the primary; the redundant blocks'
+    data follows in order, then the primary's, which runs to the end and may not be
+    empty.
+    """
+    redundant = 0
+    while True:
+        if pos >= end:
+            return -1, 0  # the headers run past the payload
+        if not p[pos] & 0x80:
+            break
+        if pos + 4 > end:
+            return -1, 0
+        redundant += ((p[pos + 2] & 0x03) << 8) | p[pos + 3]
+        pos += 4
+    primary_pt = p[pos] & 0x7F
+    pos += 1 + redundant
+    if pos >= end:
+        return -1, 0  # blocks past the end, or an empty primary
+    return pos, primary_pt
+
+
+def _red_remap(p: bytearray, start: int, end: int, from_pt: int, to_pt: int) -> None:
+    """Renumber the block headers of the (valid) RED payload p[start:end] carrying ``from_pt``."""
+    pos = start
+    while pos < end:
+        if p[pos] & 0x7F == from_pt:
+            p[pos] = ((p[pos] & 0x80) | to_pt) & 0xFF
+        if not p[pos] & 0x80:
+            return
+        pos += 4
+
+
 def _check_uint(value: int, bits: int) -> int:
     """What Cython's conversion to an unsigned C integer accepts."""
     value = int(value)
@@ -445,7 +485,7 @@ class _Transport:
     __slots__ = ("has_addr", "addr", "srtp_rx", "srtp_tx", "sessions", "secure", "ready",
                  "id_mid", "id_abs", "id_level", "id_rid", "id_rrid", "last_seen", "rtcp_ssrc", "packets_in", "rtcp_in",
                  "bytes_in", "packets_out", "bytes_out", "remb_bps", "tokens", "tokens_at", "pace_rate", "pace_burst", "remb_fell",
-                 "n_producers", "id_twcc", "twcc")
+                 "n_producers", "id_twcc", "twcc", "rtt")
 
     def __init__(self) -> None:
         self.has_addr = False
@@ -461,6 +501,7 @@ class _Transport:
         self.n_producers = 0
         self.id_twcc = 0  # transport-cc extension id we stamp on all we send (0: none)
         self.twcc: _Twcc | None = None  # only while id_twcc is set
+        self.rtt = -1.0  # the newest round trip measured to any of its consumers (s), -1 if none yet
 
 
 class _Twcc:
@@ -485,21 +526,23 @@ class _Twcc:
 
 
 class _Producer:
-    __slots__ = ("transport", "is_video", "codec", "pt", "rtx_pt", "clock_rate", "ssrc",
+    __slots__ = ("transport", "is_video", "codec", "pt", "rtx_pt", "red_pt", "clock_rate", "ssrc",
                  "rtx_ssrc", "has_ssrc", "has_rtx_ssrc", "mid", "rid", "width", "height", "stats", "ring", "last_pli",
                  "last_key_seq", "last_key_ts", "max_tid", "level_sum", "level_count", "level_voiced",
-                 "pli_pending", "pli_sent", "pli_coalesced", "consumers")
+                 "pli_pending", "pli_sent", "pli_coalesced", "consumers", "has_gap", "gap_before",
+                 "gap_after")
 
 
 class _Consumer:
-    __slots__ = ("transport", "producer", "is_video", "pt", "rtx_pt", "has_rtx", "nack", "ssrc",
+    __slots__ = ("transport", "producer", "is_video", "pt", "rtx_pt", "red_pt", "has_rtx", "nack", "ssrc",
                  "rtx_ssrc", "id_mid", "id_abs", "id_level", "mid", "started", "first_seq",
                  "first_ts", "seq_offset", "ts_offset", "rtx_seq", "packets_sent", "bytes_sent",
                  "nacks_served", "keyframe_asked", "queue", "target", "is_vp8", "last_seq", "last_ts",
                  "last_at", "switched", "switch_seq", "pic_offset", "tl0_offset", "last_pic", "last_tl0",
                  "pic_reset", "fraction_lost", "reports", "prev_producer", "prev_start_seq", "prev_seq_offset",
                  "prev_ts_offset", "prev_pic_offset", "prev_tl0_offset", "probe_rate", "probe_tokens", "probe_at",
-                 "probe_k", "probe_bytes", "tid_max", "tid_dropped", "tid_until_switch", "pad")
+                 "probe_k", "probe_bytes", "tid_max", "tid_dropped", "tid_until_switch", "pad", "late_run",
+                 "sr_lsr", "sr_at", "rtt")
 
 
 def _slot(records: list, record: object) -> int:
@@ -667,6 +710,11 @@ class Engine:
     def transport_remb_bps(self, t: int) -> int:
         return self._transport(t).remb_bps
 
+    def transport_rtt(self, t: int) -> float:
+        """The newest round-trip time (seconds) measured to any consumer of transport t,
+        from a receiver report echoing one of our SRs; -1.0 if none yet."""
+        return self._transport(t).rtt
+
     def remove_transport(self, t: int) -> None:
         tr = self._transport(t)
         for i, cr in enumerate(self._consumers):
@@ -684,7 +732,18 @@ class Engine:
 
     def add_producer(self, t: int, *, video: bool, codec: int, payload_type: int, clock_rate: int,
                      rtx_payload_type: int = -1, ssrc: int | None = None, rtx_ssrc: int | None = None,
-                     mid: bytes = b"", rid: bytes = b"") -> int:
+                     mid: bytes = b"", rid: bytes = b"", red_payload_type: int = -1) -> int:
+        """A track the peer on transport t publishes.
+
+        ``red_payload_type``: RFC 2198 redundant audio wrapping ``payload_type`` (Opus),
+        accepted on the media SSRC beside plain packets; each consumer gets it as RED or
+        stripped to its primary (``add_consumer``). Audio only: a video packet's payload
+        must be readable for keyframes and layers.
+        """
+        red_payload_type = int(red_payload_type)
+        if red_payload_type >= 0 and (video or red_payload_type == payload_type
+                                      or red_payload_type == rtx_payload_type):
+            raise ValueError(f"red_payload_type {red_payload_type}: RED wraps an audio codec, under its own PT")
         tr = self._transport(t)
         if not isinstance(mid, bytes) or not isinstance(rid, bytes):
             raise TypeError("mid and rid must be bytes")
@@ -694,6 +753,7 @@ class Engine:
         pr.codec = int(codec)
         pr.pt = int(payload_type)
         pr.rtx_pt = int(rtx_payload_type)
+        pr.red_pt = red_payload_type if red_payload_type >= 0 else -1
         pr.clock_rate = int(clock_rate)
         pr.ssrc = pr.rtx_ssrc = 0
         pr.has_ssrc = pr.has_rtx_ssrc = False
@@ -709,6 +769,10 @@ class Engine:
         pr.pli_pending = False
         pr.pli_sent = pr.pli_coalesced = 0
         pr.level_sum = pr.level_count = pr.level_voiced = 0  # RFC 6464, since take_audio_levels()
+        # The last outage in the input: more than GAP_CLOSE packets missing between the
+        # newest received before it and the first after it.
+        pr.has_gap = False
+        pr.gap_before = pr.gap_after = 0
         pr.consumers = []
         p = _slot(self._producers, pr)
         if ssrc is not None:
@@ -786,8 +850,13 @@ class Engine:
     def add_consumer(self, t: int, p: int, *, payload_type: int, ssrc: int, rtx_payload_type: int = -1,
                      rtx_ssrc: int | None = None, nack: bool = True, mid: int = 0, abs_send_time: int = 0,
                      audio_level: int = 0, mid_value: bytes = b"", first_seq: int = 0, first_ts: int = 0,
-                     first_rtx_seq: int = 0, transport_cc: int = 0) -> int:
+                     first_rtx_seq: int = 0, transport_cc: int = 0, red_payload_type: int = -1) -> int:
         """One producer delivered on transport ``t`` with the viewer's numbering.
+
+        ``red_payload_type``: the viewer takes RFC 2198 RED under this PT; a RED packet
+        of the producer goes out as RED, its blocks of the producer's codec renumbered to
+        ``payload_type``. -1 (a viewer that did not negotiate RED, the recorder): each
+        RED packet goes out as its primary block alone, under ``payload_type``.
 
         ``transport_cc``: the viewer's transport-cc extension id (0: not negotiated). It
         applies to the whole transport: from then on every packet sent there (media,
@@ -809,6 +878,7 @@ class Engine:
         cr.producer = p
         cr.is_video = pr.is_video
         cr.pt = int(payload_type)
+        cr.red_pt = int(red_payload_type) if red_payload_type >= 0 else -1
         cr.ssrc = ssrc
         cr.has_rtx = rtx_ssrc is not None and rtx_payload_type >= 0
         cr.rtx_pt = int(rtx_payload_type)
@@ -842,6 +912,10 @@ class Engine:
         cr.prev_start_seq = cr.prev_seq_offset = cr.prev_ts_offset = cr.prev_pic_offset = cr.prev_tl0_offset = 0
         cr.probe_rate = cr.probe_tokens = cr.probe_at = 0.0
         cr.probe_k = cr.probe_bytes = 0
+        cr.late_run = 0   # packets in a row dropped as older than switch_seq
+        cr.sr_lsr = 0     # the last SR sent to the viewer: middle 32 bits of its NTP time,
+        cr.sr_at = 0.0    # ... and when (engine clock), 0 before the first
+        cr.rtt = -1.0     # seconds, -1 until a receiver report echoes an SR
         c = _slot(self._consumers, cr)
         pr.consumers.append(c)
         self._consumer_map[(t, ssrc)] = c
@@ -897,7 +971,8 @@ class Engine:
         return {"packets_sent": cr.packets_sent, "bytes_sent": cr.bytes_sent,
                 "nacks_served": cr.nacks_served, "started": bool(cr.started), "paced": len(cr.queue),
                 "fraction_lost": cr.fraction_lost / 256.0, "reports": cr.reports,
-                "probe_bytes": cr.probe_bytes, "tid_max": cr.tid_max, "tid_dropped": cr.tid_dropped}
+                "probe_bytes": cr.probe_bytes, "tid_max": cr.tid_max, "tid_dropped": cr.tid_dropped,
+                "rtt_s": cr.rtt if cr.rtt >= 0 else 0.0}
 
     def set_consumer_temporal(self, c: int, tid_max: int, until_switch: bool = False) -> None:
         """Send VP8 temporal layers up to ``tid_max`` only (-1: all of them).
@@ -969,9 +1044,7 @@ class Engine:
         h = _parse(key, len(key), pt.id_mid, pt.id_abs, pt.id_level)
         if h.__class__ is int:
             return False
-        cr.started = True
-        cr.seq_offset = (cr.first_seq - h.seq) & 0xFFFF
-        cr.ts_offset = (cr.first_ts - h.ts) & 0xFFFFFFFF
+        self._start(cr, h)
         self.keyframe_history_starts += 1
         for k, seq in enumerate(seqs):
             if self.pacer_enabled:
@@ -1105,6 +1178,7 @@ class Engine:
         p = v >> 1
         pr = self._producers[p]
         buf = bytearray(buf)
+        red = False
         if v & 1:
             if h.payload_len <= 2:
                 self._drops[D_RTX_NO_OSN if h.payload_len < 2 else D_RTP_PADDING_ONLY] += 1
@@ -1122,14 +1196,30 @@ class Engine:
             h.pt = pr.pt
             h.ssrc = pr.ssrc
         elif h.pt != pr.pt:
-            self._drops[D_RTP_UNEXPECTED_PT] += 1
-            return
+            if h.pt != pr.red_pt:
+                self._drops[D_RTP_UNEXPECTED_PT] += 1
+                return
+            red = True
         if h.payload_len == 0:
             self._drops[D_RTP_PADDING_ONLY] += 1
             return
+        if red:
+            # Checked once here, so each consumer's rewrite can trust the block structure.
+            primary, primary_pt = _red_primary(buf, h.payload_off, h.payload_off + h.payload_len)
+            if primary < 0:
+                self._drops[D_RED_MALFORMED] += 1
+                return
+            if primary_pt != pr.pt:  # a primary in another codec than negotiated (pt/pt)
+                self._drops[D_RTP_UNEXPECTED_PT] += 1
+                return
         n = h.payload_off + h.payload_len  # padding is not forwarded
         del buf[n:]
         buf[0] &= 0xDF  # nor its flag (the copy in the NACK ring is re-parsed)
+        if pr.stats.started and GAP_CLOSE + 1 < ((h.seq - pr.stats.max_seq) & 0xFFFF) < 0x8000:
+            # The input resumes after an outage: consumers close the gap (see _forward).
+            pr.has_gap = True
+            pr.gap_before = pr.stats.max_seq
+            pr.gap_after = h.seq
         self.packets_in += 1
         self.bytes_in += n
         tr.packets_in += 1
@@ -1174,7 +1264,7 @@ class Engine:
                 off, length = (h.rrid_off, h.rrid_len) if rtx else (h.rid_off, h.rid_len)
                 if length != len(pr.rid) or buf[off:off + length] != pr.rid:
                     continue
-            if h.pt == pr.pt and not pr.has_ssrc:
+            if (h.pt == pr.pt or h.pt == pr.red_pt) and not pr.has_ssrc:
                 self._bind_ssrc(p, h.ssrc, False)
                 return p << 1
             if rtx and not pr.has_rtx_ssrc and pr.has_ssrc:
@@ -1184,7 +1274,14 @@ class Engine:
         return -1
 
     def _forward(self, c: int, p: int, buf: bytes, h: _Hdr, key: bool, now: float, from_queue: bool) -> None:
-        """One packet to one consumer: start on a keyframe, pace, rewrite, protect, send."""
+        """One packet to one consumer: start on a keyframe, pace, number, rewrite, protect, send.
+
+        Numbering (see the compiled ``_forward`` for why): the packet's own number plus
+        the consumer's offset, continued from the newest number sent + 1 at a layer
+        switch or across a gap of more than GAP_CLOSE missing packets (audio at once,
+        video at the next keyframe, asked for at once); a packet from before such a
+        point is dropped.
+        """
         cr = self._consumers[c]
         tr = self._transports[cr.transport]
         if not tr.has_addr or not tr.ready:
@@ -1208,65 +1305,123 @@ class Engine:
             self._switch(c, p, h, now)
         if not cr.started:
             if cr.is_video and not key:
-                self._drops[D_WAITING_KEYFRAME] += 1
-                if now - cr.keyframe_asked > KEYFRAME_ASK_INTERVAL_S:
-                    cr.keyframe_asked = now
-                    self._keyframe_request(p, now)
+                self._wait_keyframe(cr, p, now)
                 return
-            cr.started = True
-            cr.seq_offset = (cr.first_seq - h.seq) & 0xFFFF
-            cr.ts_offset = (cr.first_ts - h.ts) & 0xFFFFFFFF
+            self._start(cr, h)
         if self.pacer_enabled and cr.is_video and not from_queue:
             self._refill(tr, now)
             if cr.queue or tr.tokens <= 0:
                 self._enqueue(cr, h.seq)
                 return
-        cr.last_seq = (h.seq + cr.seq_offset) & 0xFFFF
+        # Sent now: its number in the viewer's sequence.
+        seq = (h.seq + cr.seq_offset) & 0xFFFF
+        ahead = (seq - cr.last_seq) & 0xFFFF
+        resume = False
+        if ahead >= 0x8000:
+            if cr.switched and ((seq - cr.switch_seq) & 0xFFFF) >= 0x8000:
+                cr.late_run += 1
+                if cr.late_run <= GAP_CLOSE:
+                    self._drops[D_LATE_BEFORE_SWITCH] += 1
+                    return
+                # Nothing else for that long: not stragglers, the input went back (a
+                # sender restarted its numbering). A discontinuity, closed like a gap.
+                resume = True
+        elif ahead > GAP_CLOSE + 1:
+            # A hole that long: closed if the producer's last outage is inside it. (One our
+            # pacer made, of packets the history still has for NACKs, stays.)
+            pr = self._producers[p]
+            back = (cr.last_seq - cr.seq_offset) & 0xFFFF  # the newest input sent
+            resume = pr.has_gap and ((pr.gap_before - back) & 0xFFFF) < ahead \
+                and ((h.seq - pr.gap_after) & 0xFFFF) < ahead
+        if resume:
+            if cr.is_video and not key:
+                key = _keyframe(self._producers[p].codec, buf, h.payload_off, h.payload_off + h.payload_len)
+                if not key:
+                    self._wait_keyframe(cr, p, now)
+                    return
+            self._renumber(cr, p, h, now, ahead < 0x8000)
+            seq = cr.switch_seq
+            ahead = 1
+        cr.late_run = 0
+        if ahead < 0x8000:
+            cr.last_seq = seq
+            if cr.switched and ((seq - cr.switch_seq) & 0xFFFF) >= SWITCH_HORIZON:
+                # Long past the last renumbering: nothing before it is answerable any more.
+                # Trailing it keeps every comparison with it within half the sequence space.
+                cr.switch_seq = (seq - SWITCH_HORIZON) & 0xFFFF
+                cr.prev_producer = -1
         if cr.tid_max >= 0 and cr.is_vp8 and _vp8_tid(buf, h.payload_off, h.payload_off + h.payload_len) > cr.tid_max:
-            out = self._padding(cr, cr.last_seq, cr.last_ts)
+            out = self._padding(cr, seq, cr.last_ts)
             if cr.pad is None:
                 cr.pad = [(-1, 0)] * RING
-            cr.pad[cr.last_seq % RING] = (cr.last_seq, cr.last_ts)
+            cr.pad[seq % RING] = (seq, cr.last_ts)
             cr.tid_dropped += 1
             tr.tokens -= len(out)
             self._emit(cr.transport, out, False)
             return
         if cr.pad is not None:
-            cr.pad[cr.last_seq % RING] = (-1, 0)
-        cr.last_ts = (h.ts + cr.ts_offset) & 0xFFFFFFFF
-        cr.last_at = now
-        out = self._rewrite(cr, buf, h, cr.last_seq, True, now)
+            cr.pad[seq % RING] = (-1, 0)
+        if ahead < 0x8000:
+            cr.last_ts = (h.ts + cr.ts_offset) & 0xFFFFFFFF
+            cr.last_at = now
+        rewritten = self._rewrite(cr, self._producers[p], buf, h, seq, True, now)
+        if rewritten is None:  # cannot happen: RED is checked on arrival
+            self._drops[D_RED_MALFORMED] += 1
+            return
+        out, plen = rewritten
         cr.packets_sent += 1
-        cr.bytes_sent += h.payload_len
+        cr.bytes_sent += plen
         tr.tokens -= len(out)
         self._emit(cr.transport, out, False)
+
+    @staticmethod
+    def _start(cr: _Consumer, h: _Hdr) -> None:
+        """The consumer's first packet (a keyframe for video) gets its first_seq and first_ts."""
+        cr.started = True
+        cr.seq_offset = (cr.first_seq - h.seq) & 0xFFFF
+        cr.ts_offset = (cr.first_ts - h.ts) & 0xFFFFFFFF
+        cr.last_seq = (cr.first_seq - 1) & 0xFFFF
+
+    def _wait_keyframe(self, cr: _Consumer, p: int, now: float) -> None:
+        """Drop a video packet the consumer cannot start (or resume) on; ask for a keyframe,
+        at most once a second per consumer (the producer coalesces the requests)."""
+        self._drops[D_WAITING_KEYFRAME] += 1
+        if now - cr.keyframe_asked > KEYFRAME_ASK_INTERVAL_S:
+            cr.keyframe_asked = now
+            self._keyframe_request(p, now)
 
     def _switch(self, c: int, p: int, h: _Hdr, now: float) -> None:
         """Move consumer c to producer p at this keyframe, continuing its numbering."""
         cr = self._consumers[c]
         pr = self._producers[p]
+        old = cr.producer
         if cr.producer >= 0:
             self._list_remove(self._producers[cr.producer].consumers, c)
-        if cr.started:
-            # What the old layer sent stays answerable to NACKs, with its offsets.
-            cr.prev_producer = cr.producer
-            cr.prev_start_seq = cr.switch_seq if cr.switched else cr.first_seq
-            cr.prev_seq_offset, cr.prev_ts_offset = cr.seq_offset, cr.ts_offset
-            cr.prev_pic_offset, cr.prev_tl0_offset = cr.pic_offset, cr.tl0_offset
         cr.producer = p
         cr.target = -1
         cr.is_vp8 = pr.codec == CODEC_VP8
         if cr.tid_until_switch:
             cr.tid_max = -1
             cr.tid_until_switch = False
-        if not cr.started:
-            return
+        if cr.started:
+            # Layers have unrelated timestamp bases: carry on from ours by the time elapsed.
+            self._renumber(cr, old, h, now, False)
+
+    def _renumber(self, cr: _Consumer, old: int, h: _Hdr, now: float, keep_ts: bool) -> None:
+        """Continue the viewer's numbering at this packet (a keyframe for video) from the
+        newest sent + 1: sequence number, VP8 picture id and TL0PICIDX; the timestamp too
+        unless ``keep_ts`` (the same producer's clock, which the viewer's SR mapping follows).
+        What producer ``old`` sent before stays answerable to NACKs, with its offsets."""
+        cr.prev_producer = old
+        cr.prev_start_seq = cr.switch_seq if cr.switched else cr.first_seq
+        cr.prev_seq_offset, cr.prev_ts_offset = cr.seq_offset, cr.ts_offset
+        cr.prev_pic_offset, cr.prev_tl0_offset = cr.pic_offset, cr.tl0_offset
         cr.switched = True
         cr.switch_seq = (cr.last_seq + 1) & 0xFFFF
         cr.seq_offset = (cr.switch_seq - h.seq) & 0xFFFF
-        # Layers have unrelated timestamp bases: carry on from ours by the time elapsed.
-        ticks = (now - cr.last_at) * pr.clock_rate
-        cr.ts_offset = (cr.last_ts + (int(ticks) & 0xFFFFFFFF if ticks >= 1 else 1) - h.ts) & 0xFFFFFFFF
+        if not keep_ts:
+            ticks = (now - cr.last_at) * self._producers[cr.producer].clock_rate
+            cr.ts_offset = (cr.last_ts + (int(ticks) & 0xFFFFFFFF if ticks >= 1 else 1) - h.ts) & 0xFFFFFFFF
         cr.pic_reset = True
 
     @staticmethod
@@ -1309,15 +1464,32 @@ class Engine:
         if track:
             cr.pic_reset = False
 
-    def _rewrite(self, cr: _Consumer, buf: bytes, h: _Hdr, seq: int, track: bool, now: float) -> bytes:
-        """The viewer's copy: its SSRC, seq, ts, PT; extensions in its ids; no padding.
+    def _rewrite(self, cr: _Consumer, src: _Producer, buf: bytes, h: _Hdr, seq: int, track: bool,
+                 now: float) -> tuple[bytes, int] | None:
+        """The viewer's copy of a packet of producer ``src``, and its payload's length:
+        its SSRC, seq, ts, PT; extensions in its ids; no padding. None for a RED payload
+        that does not parse (checked on arrival).
 
         abs-send-time is stamped now, whether or not the publisher sent one: the
         viewer's delay-based estimate is about the path from us, and a timestamp from
         the publisher would count our queueing (pacer, probes, history replays) as
         congestion on the viewer's link. A transport-cc viewer gets the next
         transport-wide sequence number (``_emit`` counts it as sent).
+
+        RED (RFC 2198) goes out as RED under the viewer's RED PT, the blocks of the
+        codec renumbered to the viewer's codec PT; or, to a viewer without RED, as its
+        primary block alone: the same timestamp (the primary's offset is 0) and number.
         """
+        pt, poff, plen = cr.pt, h.payload_off, h.payload_len
+        red = h.pt == src.red_pt
+        if red:
+            if cr.red_pt >= 0:
+                pt = cr.red_pt
+            else:
+                poff = _red_primary(buf, h.payload_off, h.payload_off + h.payload_len)[0]
+                if poff < 0:
+                    return None
+                plen = h.payload_off + h.payload_len - poff
         ext = bytearray()
         tr = self._transports[cr.transport]
         if cr.id_mid and cr.mid:
@@ -1333,7 +1505,7 @@ class Engine:
             ext.append((cr.id_level << 4) & 0xFF)
             ext.append(buf[h.level_off])
         ext += bytes(-len(ext) % 4)
-        out = bytearray(_HEADER.pack(0x80 | h.cc | (0x10 if ext else 0), ((h.marker << 7) | cr.pt) & 0xFF,
+        out = bytearray(_HEADER.pack(0x80 | h.cc | (0x10 if ext else 0), ((h.marker << 7) | pt) & 0xFF,
                                      seq, (h.ts + cr.ts_offset) & 0xFFFFFFFF, cr.ssrc))
         if h.cc:
             out += buf[12:12 + 4 * h.cc]
@@ -1341,10 +1513,12 @@ class Engine:
             out += struct.pack("!HH", 0xBEDE, len(ext) // 4)
             out += ext
         start = len(out)
-        out += buf[h.payload_off:h.payload_off + h.payload_len]
+        out += buf[poff:poff + plen]
+        if red and cr.red_pt >= 0:
+            _red_remap(out, start, start + plen, src.pt, cr.pt)
         if cr.is_vp8:
-            self._vp8(cr, out, start, h.payload_len, track)
-        return bytes(out)
+            self._vp8(cr, out, start, plen, track)
+        return bytes(out), plen
 
     def _padding(self, cr: _Consumer, seq: int, ts: int) -> bytes:
         """A padding-only packet (RFC 3550 §5.1) in the consumer's numbering; with the
@@ -1508,15 +1682,9 @@ class Engine:
             sender = _U32.unpack_from(buf, pos + 4)[0]
             if pt == 200 and length >= 28:
                 self._on_sender_report(t, sender, buf, pos + 8, now)
+                self._report_blocks(t, buf, pos + 28, min(fmt, (length - 28) // 24), now)
             elif pt == 201:
-                # Report blocks about our consumers' streams: their loss feeds the layer policy.
-                i = pos + 8
-                while i + 24 <= end:
-                    c = self._consumer_map.get((t, _U32.unpack_from(buf, i)[0]), -1)
-                    if c >= 0:
-                        self._consumers[c].fraction_lost = buf[i + 4]
-                        self._consumers[c].reports += 1
-                    i += 24
+                self._report_blocks(t, buf, pos + 8, min(fmt, (length - 8) // 24), now)
             elif pt == 205 and fmt == 1 and length >= 12:
                 media = _U32.unpack_from(buf, pos + 8)[0]
                 i = pos + 12
@@ -1664,6 +1832,27 @@ class Engine:
             return {"id": 0, "sent": 0, "feedbacks": 0}
         return {"id": tr.id_twcc, "sent": tr.twcc.count, "feedbacks": tr.twcc.feedbacks}
 
+    def _report_blocks(self, t: int, b: bytes, pos: int, count: int, now: float) -> None:
+        """``count`` report blocks (RFC 3550 §6.4.1) at b[pos:], from an RR or after an SR's
+        sender info, about streams we send on transport t: the viewer's loss feeds the layer
+        policy, and an LSR echoing the last SR we sent that consumer times the round trip
+        (now - when we sent it - DLSR). LSR 0 (no SR received yet) and results below 0 or
+        above RTT_MAX_S are not measurements."""
+        for k in range(count):
+            ssrc, lost, _, _, lsr, dlsr = _RR_BLOCK.unpack_from(b, pos + 24 * k)
+            c = self._consumer_map.get((t, ssrc), -1)
+            if c < 0:
+                continue
+            cr = self._consumers[c]
+            cr.fraction_lost = lost >> 24
+            cr.reports += 1
+            if lsr == 0 or lsr != cr.sr_lsr or cr.sr_at <= 0:
+                continue
+            rtt = now - cr.sr_at - dlsr / 65536.0
+            if 0 <= rtt <= RTT_MAX_S:
+                cr.rtt = rtt
+                self._transports[t].rtt = rtt
+
     def _on_sender_report(self, t: int, ssrc: int, buf: bytes, info: int, now: float) -> None:
         """Keep LSR for our RR; send each consumer an SR in its own numbering (lip-sync)."""
         v = self._ssrc_map.get((t, ssrc), -1)
@@ -1683,6 +1872,8 @@ class Engine:
                    + _SR_INFO.pack((rtp_ts + cr.ts_offset) & 0xFFFFFFFF,  # RTP time in our base
                                    cr.packets_sent & 0xFFFFFFFF, cr.bytes_sent & 0xFFFFFFFF))
             self._emit(cr.transport, out, True)
+            cr.sr_lsr = pr.stats.last_sr_ntp_middle  # what the viewer's LSR will echo
+            cr.sr_at = now
 
     def _on_nack(self, t: int, media: int, pid: int, blp: int, now: float) -> None:
         c = self._consumer_map.get((t, media), -1)
@@ -1742,9 +1933,13 @@ class Engine:
             if not probe:
                 self._drops[D_NACK_NOT_IN_BUFFER] += 1
             return 0
-        out = self._rewrite(cr, packet, h, seq, False, now)
+        rewritten = self._rewrite(cr, pr, packet, h, seq, False, now)
+        if rewritten is None:
+            self._drops[D_RED_MALFORMED] += 1
+            return 0
+        out, plen = rewritten
         if cr.has_rtx:
-            off = len(out) - h.payload_len
+            off = len(out) - plen
             rtx = bytearray(out[:off])
             rtx[1] = ((rtx[1] & 0x80) | cr.rtx_pt) & 0xFF
             _U16.pack_into(rtx, 2, cr.rtx_seq)

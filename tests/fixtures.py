@@ -77,11 +77,19 @@ def make_rtp(
     return bytes(packet)
 
 
-def make_rtcp_rr(ssrc: int = 1234, blocks: Iterable[tuple[int, int]] = ()) -> bytes:
-    """An RTCP receiver report (RFC 3550 §6.4.2); ``blocks``: (source SSRC, fraction lost /256)."""
-    blocks = tuple(blocks)
-    body = b"".join(struct.pack("!IB3sIIII", source, fraction, bytes(3), 0, 0, 0, 0) for source, fraction in blocks)
-    return struct.pack("!BBHI", 0x80 | len(blocks), 201, 1 + len(body) // 4, ssrc) + body
+def make_report_block(source: int, fraction: int = 0, lsr: int = 0, dlsr: int = 0) -> bytes:
+    """One 24-byte report block (RFC 3550 §6.4.1): source SSRC, fraction lost /256, LSR (the
+    middle 32 bits of the last SR's NTP time) and DLSR (the delay since it, 1/65536 s)."""
+    return struct.pack("!IB3sIIII", source, fraction, bytes(3), 0, 0, lsr, dlsr)
+
+
+def make_rtcp_rr(ssrc: int = 1234, blocks: Iterable[tuple[int, int]] = (),
+                 report_blocks: Iterable[bytes] = ()) -> bytes:
+    """An RTCP receiver report (RFC 3550 §6.4.2); ``blocks``: (source SSRC, fraction lost /256),
+    then ``report_blocks`` (24-byte blocks, see ``make_report_block``) as they are."""
+    body = b"".join(make_report_block(source, fraction) for source, fraction in blocks)
+    body += b"".join(report_blocks)
+    return struct.pack("!BBHI", 0x80 | (len(body) // 24), 201, 1 + len(body) // 4, ssrc) + body
 
 
 def make_vp8_payload(
@@ -133,6 +141,33 @@ def make_vp8_payload(
     else:
         out += b"\x00" + frame
     return bytes(out)
+
+
+def make_red_payload(primary_pt: int, primary: bytes,
+                     redundant: Iterable[tuple[int, int, bytes]] = ()) -> bytes:
+    """An RFC 2198 RED payload: ``redundant`` blocks (PT, timestamp offset, data), oldest
+    first, each with a 4-byte header (F=1, PT, 14-bit offset, 10-bit length); then the
+    primary's 1-byte header (F=0, PT); then the blocks' data in order, the primary last."""
+    redundant = tuple(redundant)
+    headers = b"".join(struct.pack("!BBBB", 0x80 | pt, (offset >> 6) & 0xFF, ((offset & 0x3F) << 2) | (len(data) >> 8),
+                                   len(data) & 0xFF) for pt, offset, data in redundant)
+    return headers + struct.pack("!B", primary_pt) + b"".join(data for _, _, data in redundant) + primary
+
+
+def read_red_payload(payload: bytes) -> tuple[list[tuple[int, int, bytes]], int, bytes]:
+    """The blocks of a RED payload as ``make_red_payload`` takes them: (redundant, primary PT, primary)."""
+    heads, pos = [], 0
+    while payload[pos] & 0x80:
+        pt, b1, b2, b3 = payload[pos] & 0x7F, payload[pos + 1], payload[pos + 2], payload[pos + 3]
+        heads.append((pt, (b1 << 6) | (b2 >> 2), ((b2 & 0x03) << 8) | b3))
+        pos += 4
+    primary_pt = payload[pos]
+    pos += 1
+    blocks = []
+    for pt, offset, length in heads:
+        blocks.append((pt, offset, payload[pos:pos + length]))
+        pos += length
+    return blocks, primary_pt, payload[pos:]
 
 
 def _nal(nal_type: int, nri: int, body: bytes) -> bytes:

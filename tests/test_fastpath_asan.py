@@ -8,8 +8,9 @@ object is a separate malloc with redzones around it. There, hypothesis feeds
 random, truncated and mutated RTP and RTCP to ``parse_rtp``, ``rewrite_rtp``,
 ``wrap_rtx``, ``unwrap_rtx``, ``is_keyframe`` and to an ``Engine`` through
 ``feed()`` (which copies each datagram into an exactly sized malloc), with
-``tick()`` and ``send_receiver_reports()`` in between. Any read past a buffer
-aborts the subprocess with an AddressSanitizer report.
+``tick()`` and ``send_receiver_reports()`` in between: RTP (RED audio among it, and
+sequence numbers that jump past outages) and RTCP (report blocks echoing an SR). Any
+read past a buffer aborts the subprocess with an AddressSanitizer report.
 
 ASAN cannot see a one-byte overread of a ``bytes`` object (its trailing NUL is
 inside the allocation), so the functions are also given each packet placed so
@@ -131,6 +132,10 @@ def test_fastpath_fuzz_under_asan(asan_build: Path, libasan: str) -> None:
     totals = report["engine_totals"]
     for key in ("packets_in", "packets_out", "nacks_served", "keyframe_requests_received"):
         assert totals[key] > 0, (key, totals)
+    # ... including RED (malformed too), closed gaps and round trips from receiver reports.
+    for reason in ("red_malformed", "late_before_switch", "waiting_for_keyframe"):
+        assert report["drops"][reason] > 0, (reason, report["drops"])
+    assert report["round_trips"] > 0
 
 
 OVERREAD_C = r"""
@@ -209,7 +214,7 @@ def _fuzz(build_dir: str) -> None:  # noqa: C901 - one self-contained script
     from hypothesis import HealthCheck, example, given, seed, settings  # noqa: E402
     from hypothesis import strategies as st  # noqa: E402
 
-    from fixtures import make_h264_payload, make_rtp, make_vp8_payload  # noqa: E402
+    from fixtures import make_h264_payload, make_red_payload, make_rtp, make_vp8_payload  # noqa: E402
 
     # --- prove the sanitizer is live and this is the sanitized copy ---------------------
     with open("/proc/self/maps") as maps:
@@ -243,6 +248,14 @@ def _fuzz(build_dir: str) -> None:  # noqa: C901 - one self-contained script
     @st.composite
     def payloads(draw, kind: str | None = None) -> bytes:
         kind = kind or draw(st.sampled_from(["vp8", "h264", "raw"]))
+        if kind == "red":  # RFC 2198 around Opus; block lengths may lie (10 bits: up to 1023)
+            blocks = draw(st.lists(st.tuples(st.sampled_from([111, 111, 13, 127]), st.integers(0, 0x3FFF),
+                                             st.binary(max_size=16)), max_size=3))
+            red = bytearray(make_red_payload(draw(st.sampled_from([111, 111, 0])), draw(st.binary(max_size=24)),
+                                             blocks))
+            if blocks and draw(st.booleans()):
+                red[4 * draw(st.integers(0, len(blocks) - 1)) + 3] = draw(st.integers(0, 255))
+            return bytes(red)
         if kind == "vp8":
             return make_vp8_payload(
                 keyframe=draw(st.booleans()), start=draw(st.sampled_from([True, True, False])),
@@ -362,10 +375,13 @@ def _fuzz(build_dir: str) -> None:  # noqa: C901 - one self-contained script
 
     # (ssrc, payload type, payload kind) of the publisher's streams, and some that are not.
     streams = st.sampled_from([(VP8_SSRC, 96, "vp8"), (VP8_SSRC, 96, "vp8"), (VP8_RTX_SSRC, 97, "vp8"),
-                               (H264_SSRC, 102, "h264"), (H264_RTX_SSRC, 103, "h264"), (OPUS_SSRC, 111, "raw")])
+                               (H264_SSRC, 102, "h264"), (H264_RTX_SSRC, 103, "h264"), (OPUS_SSRC, 111, "raw"),
+                               (OPUS_SSRC, OPUS_RED_PT, "red"), (OPUS_SSRC, OPUS_RED_PT, "red")])
     odd_streams = st.tuples(st.sampled_from([VP8_SSRC, VP8_RTX_SSRC, OPUS_SSRC, H264_SSRC, H264_RTX_SSRC]) | u32,
-                            st.sampled_from([96, 97, 102, 103, 111]) | st.integers(0, 127), st.none())
-    seqs = st.builds(lambda base, d: (base + d) & 0xFFFF, st.sampled_from([100, 65530]), st.integers(0, 60))
+                            st.sampled_from([96, 97, 102, 103, 111, OPUS_RED_PT]) | st.integers(0, 127), st.none())
+    # Mostly in order near a base; now and then after an outage (more than 64 missing) or before one.
+    seqs = st.builds(lambda base, d: (base + d) & 0xFFFF, st.sampled_from([100, 65530]),
+                     st.integers(0, 60) | st.integers(-400, 600))
     mids = st.sampled_from([b"0", b"0", b"1", b"1", b"2", b"zz"])
     sizes = st.sampled_from([0] * 12 + [1100, 1750, 1780, 1790, 1900, 2100])  # around MAX_RTP and SLOT
 
@@ -391,7 +407,9 @@ def _fuzz(build_dir: str) -> None:  # noqa: C901 - one self-contained script
         sender = draw(ALL_SSRCS | u32)
         media_ssrc = draw(ALL_SSRCS | u32)
         count = draw(st.integers(0, 3))
-        blocks = b"".join(struct.pack("!IIIIII", draw(ALL_SSRCS | u32), *draw(st.tuples(u32, u32, u32, u32, u32)))
+        # LSR: mostly the middle of the SR the story sends (a round trip), DLSR any.
+        blocks = b"".join(struct.pack("!IIIIII", draw(ALL_SSRCS | u32), *draw(st.tuples(u32, u32, u32)),
+                                      draw(st.sampled_from([SR_MIDDLE, 0]) | u32), draw(st.sampled_from([0]) | u32))
                           for _ in range(count))
         if kind == "sr":
             fmt, pt, body = count, 200, struct.pack("!I", sender) + draw(st.binary(min_size=20, max_size=20)) + blocks
@@ -446,8 +464,13 @@ def _fuzz(build_dir: str) -> None:  # noqa: C901 - one self-contained script
                           extensions={MID_ID: b"1"})
     SR = struct.pack("!BBHI", 0x80, 200, 6, VP8_SSRC) + bytes(range(20))
     PLI = struct.pack("!BBHII", 0x81, 206, 2, 1, consumer_ssrc(0, 0))
+    RR = struct.pack("!BBHIIIIIII", 0x81, 201, 7, 1, consumer_ssrc(0, 0), 0, 0, 0, SR_MIDDLE, 0)
+    RED = make_rtp(seq=5, ts=960, ssrc=OPUS_SSRC, pt=OPUS_RED_PT,
+                   payload=make_red_payload(111, b"\xfcnow", [(111, 960, b"\xfcbefore")]))
+    GAP = make_rtp(seq=400, ts=90000, ssrc=VP8_SSRC, pt=96, payload=make_vp8_payload(False))
     STORY = [("rtp", 0, KEYFRAME), ("rtp", 0, H264_FIRST), ("tick",), ("nack_seen", 0, 0, 0), ("rtcp", 1, PLI),
-             ("rtcp", 0, SR), ("tick",), ("reports", 0, 300_000), ("recycle_producer", 0), ("tick",)]
+             ("rtcp", 0, SR), ("rtcp", 1, RR), ("rtp", 0, RED), ("rtp", 0, GAP), ("tick",), ("reports", 0, 300_000),
+             ("recycle_producer", 0), ("tick",)]
 
     def run(target: "World", ops: list, bucket: str) -> None:
         counts[bucket] += 1
@@ -481,8 +504,10 @@ def _fuzz(build_dir: str) -> None:  # noqa: C901 - one self-contained script
             w.engine.producer_stats(p)
         for c in w.consumers.values():
             w.engine.consumer_stats(c)
+    rtts = [w.engine.transport_rtt(t) for w in (world, quiet_world) for t in w.viewer_transports]
     print(json.dumps({
         "asan_in_process": asan_in_process, "module": module, "examples": counts, "engine_totals": totals,
+        "round_trips": sum(rtt >= 0 for rtt in rtts),
         "drops": {k: world.engine.drop_counts().get(k, 0) + quiet_world.engine.drop_counts().get(k, 0)
                   for k in cy.DROP_REASONS},
     }))
@@ -493,16 +518,18 @@ def _fuzz(build_dir: str) -> None:  # noqa: C901 - one self-contained script
 # extension ids, RTX and NACK settings, each consuming all three producers.
 MID_ID, ABS_ID, LEVEL_ID = 4, 2, 1
 VP8_SSRC, VP8_RTX_SSRC, OPUS_SSRC, H264_SSRC, H264_RTX_SSRC = 1111, 2222, 3333, 5555, 6666
+OPUS_RED_PT = 63
+SR_MIDDLE = 0x02030405  # the middle 32 bits of the NTP time in the story's SR (bytes 0..19)
 PRODUCERS = [
     dict(kind="video", codec=1, payload_type=96, clock_rate=90000, rtx_payload_type=97,
          ssrc=VP8_SSRC, rtx_ssrc=VP8_RTX_SSRC, mid="0"),
     dict(kind="video", codec=2, payload_type=102, clock_rate=90000, rtx_payload_type=103,
          ssrc=None, rtx_ssrc=None, mid="1"),
     dict(kind="audio", codec=3, payload_type=111, clock_rate=48000, rtx_payload_type=None,
-         ssrc=OPUS_SSRC, rtx_ssrc=None, mid="2"),
+         ssrc=OPUS_SSRC, rtx_ssrc=None, mid="2", red_payload_type=OPUS_RED_PT),
 ]
 VIEWERS = [
-    dict(ids=dict(mid=4, abs_send_time=2, audio_level=1), rtx=True, nack=True, mids=["0", "1", "2"]),
+    dict(ids=dict(mid=4, abs_send_time=2, audio_level=1), rtx=True, nack=True, mids=["0", "1", "2"], red=True),
     dict(ids=dict(mid=0, abs_send_time=0, audio_level=0), rtx=False, nack=True, mids=["a", "b", "c"]),
     dict(ids=dict(mid=14, abs_send_time=0, audio_level=15), rtx=True, nack=False,
          mids=["x" * 16, "y" * 17, ""]),
@@ -567,7 +594,8 @@ class World:
             self.publisher_transport, video=spec["kind"] == "video", codec=spec["codec"],
             payload_type=spec["payload_type"], clock_rate=spec["clock_rate"],
             rtx_payload_type=-1 if spec["rtx_payload_type"] is None else spec["rtx_payload_type"],
-            ssrc=spec["ssrc"], rtx_ssrc=spec["rtx_ssrc"], mid=spec["mid"].encode())
+            ssrc=spec["ssrc"], rtx_ssrc=spec["rtx_ssrc"], mid=spec["mid"].encode(),
+            red_payload_type=spec.get("red_payload_type", -1))
 
     def _add_consumer(self, v: int, p: int, first_seq: int) -> None:
         viewer, spec = VIEWERS[v], PRODUCERS[p]
@@ -577,7 +605,9 @@ class World:
             ssrc=consumer_ssrc(v, p), rtx_payload_type=-1 if rtx_pt is None else rtx_pt,
             rtx_ssrc=consumer_rtx_ssrc(v, p) if rtx_pt is not None else None, nack=viewer["nack"],
             mid_value=viewer["mids"][p].encode(), first_seq=first_seq, first_ts=first_seq * 7919,
-            first_rtx_seq=first_seq ^ 0x5555, **viewer["ids"])
+            first_rtx_seq=first_seq ^ 0x5555,
+            red_payload_type=spec["red_payload_type"] + 1 if viewer.get("red") and "red_payload_type" in spec else -1,
+            **viewer["ids"])
 
     def transport(self, i: int) -> int:
         """-1: a slot that never existed (KeyError); 0: publisher; 1-3: viewers."""

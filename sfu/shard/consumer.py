@@ -75,7 +75,10 @@ class Consumer:
         rtx_ssrc: int | None,
         extensions: dict[str, int],
         nack: bool,
+        red_payload_type: int | None = None,
     ) -> None:
+        """``red_payload_type``: the viewer negotiated RFC 2198 RED under this PT and gets
+        a RED producer's packets as sent; None: they reach it stripped to their primary."""
         from .webrtc_transport import extension_ids
 
         self.id = consumer_id
@@ -108,6 +111,7 @@ class Consumer:
             mid=ids["mid"], abs_send_time=ids["abs_send_time"], audio_level=ids["audio_level"],
             mid_value=mid.encode(), first_seq=random.getrandbits(16), first_ts=random.getrandbits(32),
             first_rtx_seq=random.getrandbits(16), transport_cc=ids["transport_cc"],
+            red_payload_type=-1 if red_payload_type is None else red_payload_type,
         )
         producer.consumers.append(self)
 

@@ -31,6 +31,7 @@ class Producer:
         ssrc: int | None,
         rtx_ssrc: int | None,
         rid: str = "",
+        red_payload_type: int | None = None,
     ) -> None:
         self.id = producer_id
         self.transport = transport
@@ -48,6 +49,7 @@ class Producer:
             payload_type=payload_type, clock_rate=clock_rate,
             rtx_payload_type=-1 if rtx_payload_type is None else rtx_payload_type,
             ssrc=ssrc, rtx_ssrc=rtx_ssrc, mid=mid.encode(), rid=rid.encode(),
+            red_payload_type=-1 if red_payload_type is None else red_payload_type,
         )
 
     def request_keyframe(self) -> None:

@@ -199,6 +199,15 @@ class Shard:
                 else:
                     transport.send_receiver_reports()
                     transport.release_dtls_if_done()
+            self._report_round_trips()
+
+    def _report_round_trips(self) -> None:
+        """Tell signalling the round trip of each transport that asked (``report_rtt``) and
+        has one: a co-performance room's delay estimate for its participants."""
+        rtts = [(t.id, round(rtt * 1000.0, 1)) for t in self.transports.values()
+                if t.report_rtt and (rtt := t.rtt_s) is not None]
+        if rtts:
+            self._notify(control.RoundTrips(rtts=rtts))
 
     async def _simulcast_tick(self) -> None:
         while True:
@@ -276,6 +285,7 @@ class Shard:
                 local_ufrag=body.local_ufrag, local_pwd=body.local_pwd,
                 remote_ufrag=body.remote_ufrag, dtls_role=body.dtls_role,
                 remote_fingerprint=body.remote_fingerprint, certificate=self.certificate,
+                report_rtt=body.report_rtt,
             )
             self.transports[transport.id] = transport
             self.by_ufrag[transport.local_ufrag] = transport
@@ -286,7 +296,7 @@ class Shard:
                 body.producer_id, transport, kind=body.kind, codec=body.codec, mid=body.mid,
                 payload_type=body.payload_type, clock_rate=body.clock_rate,
                 rtx_payload_type=body.rtx_payload_type, ssrc=body.ssrc, rtx_ssrc=body.rtx_ssrc,
-                rid=body.rid,
+                rid=body.rid, red_payload_type=body.red_payload_type,
             )
             transport.add_producer(producer, body.extensions)
             self.producers[producer.id] = producer
@@ -299,7 +309,7 @@ class Shard:
             consumer = Consumer(
                 body.consumer_id, transport, producer, mid=body.mid, payload_type=body.payload_type,
                 ssrc=body.ssrc, rtx_payload_type=body.rtx_payload_type, rtx_ssrc=body.rtx_ssrc,
-                extensions=body.extensions, nack=body.nack,
+                extensions=body.extensions, nack=body.nack, red_payload_type=body.red_payload_type,
             )
             transport.consumers[consumer.id] = consumer
             self.consumers[consumer.id] = consumer

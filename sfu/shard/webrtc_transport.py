@@ -47,6 +47,7 @@ class WebRtcTransport:
         dtls_role: str,
         remote_fingerprint: tuple[str, str],
         certificate: DtlsCertificate,
+        report_rtt: bool = False,
     ) -> None:
         self.shard = shard
         self.id = transport_id
@@ -67,6 +68,7 @@ class WebRtcTransport:
         self._reports_seen: dict[int, int] = {}  # consumer slot -> receiver reports taken
         self._extension_ids: dict[str, int] = {}  # the union over the peer's m-lines
         self.twcc: TwccEstimator | None = None  # made at the viewer's first transport-cc feedback
+        self.report_rtt = report_rtt  # its round trip goes to signalling (RoundTrips) once a second
         self.slot = shard.engine.add_transport(secure=True, rtcp_ssrc=random.getrandbits(32) or 1)
 
     # --- ICE ---------------------------------------------------------------------------
@@ -184,6 +186,13 @@ class WebRtcTransport:
     @property
     def last_seen(self) -> float:
         return self.shard.engine.transport_last_seen(self.slot)
+
+    @property
+    def rtt_s(self) -> float | None:
+        """The newest round trip to this peer: a receiver report of its echoing the last
+        sender report we relayed to one of its consumers (None before the first)."""
+        rtt = self.shard.engine.transport_rtt(self.slot)
+        return rtt if rtt >= 0 else None
 
     def close(self) -> None:
         if self.state == "closed":

@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 from pylibsrtp import Policy, Session
 
 from fixtures import (
-    make_dtls_record, make_h264_payload, make_rtcp_fir, make_rtcp_nack, make_rtcp_pli,
-    make_rtcp_remb, make_rtcp_rr, make_rtcp_sr, make_rtp, make_rtx, make_stun_binding_request,
-    make_vp8_payload, nack_items, read_rtp,
+    make_dtls_record, make_h264_payload, make_red_payload, make_report_block, make_rtcp_fir, make_rtcp_nack,
+    make_rtcp_pli, make_rtcp_remb, make_rtcp_rr, make_rtcp_sr, make_rtp, make_rtx, make_stun_binding_request,
+    make_vp8_payload, nack_items, read_red_payload, read_rtp,
 )
 
 import sfu.fastpath  # noqa: F401  (gives the compiled engine libsrtp's entry points)
@@ -185,11 +185,13 @@ class Viewer:
     first_rtx_seq: int = 0
     nack: bool = True
     rtcp_ssrc: int = 0
+    audio_red_pt: int = -1  # RED negotiated for audio (-1: RED reaches it stripped)
 
 
 VIEWERS = [
     Viewer(100, 109, {"mid": 9, "abs_send_time": 5, "audio_level": 6}, b"v0", b"a0",
-           first_seq=65530, first_ts=0xFFFFFF00, rtx_pt=101, first_rtx_seq=65535, rtcp_ssrc=0xA000),
+           first_seq=65530, first_ts=0xFFFFFF00, rtx_pt=101, first_rtx_seq=65535, rtcp_ssrc=0xA000,
+           audio_red_pt=108),
     Viewer(96, 111, {"mid": 3}, b"video-track-mid", b"1", first_seq=1000, first_ts=5, rtcp_ssrc=0xB000),
     Viewer(120, 121, {}, b"x", b"y", first_seq=0, first_ts=0, nack=False, rtcp_ssrc=0xC000),
 ]
@@ -219,7 +221,7 @@ class Room:
     VIDEO_SSRC = 0x1111
     VIDEO_RTX_SSRC = 0x1112
     AUDIO_SSRC = 0x2222
-    VIDEO_PT, VIDEO_RTX_PT, AUDIO_PT = 96, 97, 111
+    VIDEO_PT, VIDEO_RTX_PT, AUDIO_PT, AUDIO_RED_PT = 96, 97, 111, 63
     PUBLISHER_RTCP_SSRC = 0xFEED
 
     @property
@@ -237,7 +239,8 @@ class Room:
             first_rtx_seq=spec.first_rtx_seq, **spec.ids))
         self.audio_consumers.append(e.add_consumer(
             t, self.audio, payload_type=spec.audio_pt, ssrc=audio_ssrc(v), mid_value=spec.audio_mid,
-            first_seq=spec.first_seq ^ 0x5555, first_ts=spec.first_ts ^ 0x55555555, **spec.ids))
+            first_seq=spec.first_seq ^ 0x5555, first_ts=spec.first_ts ^ 0x55555555,
+            red_payload_type=spec.audio_red_pt, **spec.ids))
 
     def video_packet(self, seq: int, ts: int = 0, keyframe: bool = False, **kwargs: Any) -> bytes:
         kwargs.setdefault("payload", make_vp8_payload(keyframe, frame=bytes([seq & 0xFF]) * 8))
@@ -247,7 +250,19 @@ class Room:
     def audio_packet(self, seq: int, ts: int = 0, **kwargs: Any) -> bytes:
         kwargs.setdefault("payload", b"\xfc" + bytes([seq & 0xFF]) * 20)
         kwargs.setdefault("extensions", {MID_ID: b"1", LEVEL_ID: b"\x85", TCC_ID: b"\x00\x08"})
-        return make_rtp(seq=seq, ts=ts, ssrc=self.AUDIO_SSRC, pt=self.AUDIO_PT, **kwargs)
+        kwargs.setdefault("pt", self.AUDIO_PT)
+        return make_rtp(seq=seq, ts=ts, ssrc=self.AUDIO_SSRC, **kwargs)
+
+    def red_packet(self, seq: int, ts: int, redundant: int = 2, **kwargs: Any) -> bytes:
+        """Chrome's RED for Opus: the frames of the ``redundant`` packets before this one
+        (20 ms apart), then this one's, each an Opus TOC byte and the sequence number."""
+        frames = [(self.AUDIO_PT, 960 * k, opus_frame(seq - k)) for k in range(redundant, 0, -1)]
+        kwargs.setdefault("payload", make_red_payload(self.AUDIO_PT, opus_frame(seq), frames))
+        return self.audio_packet(seq, ts, pt=self.AUDIO_RED_PT, **kwargs)
+
+
+def opus_frame(seq: int) -> bytes:
+    return b"\xfc" + struct.pack("!H", seq & 0xFFFF) * (5 + seq % 7)
 
 
 def make_room(rig: Rig, viewers: int | None = None, video_ssrc_known: bool = True) -> Room:
@@ -259,7 +274,7 @@ def make_room(rig: Rig, viewers: int | None = None, video_ssrc_known: bool = Tru
                            ssrc=Room.VIDEO_SSRC if video_ssrc_known else None,
                            rtx_ssrc=Room.VIDEO_RTX_SSRC if video_ssrc_known else None, mid=b"0")
     audio = e.add_producer(t, video=False, codec=OPUS, payload_type=Room.AUDIO_PT, clock_rate=48000,
-                           ssrc=Room.AUDIO_SSRC, mid=b"1")
+                           ssrc=Room.AUDIO_SSRC, mid=b"1", red_payload_type=Room.AUDIO_RED_PT)
     room = Room(rig, t, video, audio)
     for v in range(len(rig.viewers) if viewers is None else viewers):
         room.add_viewer(v)
@@ -461,6 +476,115 @@ def test_sequence_and_timestamp_continuity_across_wraps(make_rig: Callable[..., 
 
 
 # =====================================================================================
+# RED (RFC 2198) audio: passed through in the viewer's payload types, or stripped
+# =====================================================================================
+
+
+def test_red_passes_through_in_the_viewers_payload_types(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    room = make_room(rig)
+    # A block of another payload type (comfort noise, 13) keeps it: only the wrapped codec's are renumbered.
+    payload = make_red_payload(Room.AUDIO_PT, opus_frame(7),
+                               [(13, 1920, b"\x01\x02"), (Room.AUDIO_PT, 960, opus_frame(6))])
+    rig.feed(room.red_packet(7, ts=48000, marker=True, payload=payload))
+    spec = VIEWERS[0]
+    [got] = map(read_rtp, rig.take(rig.viewers[0]))
+    assert (got["pt"], got["marker"], got["ssrc"]) == (spec.audio_red_pt, True, audio_ssrc(0))
+    assert (got["seq"], got["ts"]) == (spec.first_seq ^ 0x5555, spec.first_ts ^ 0x55555555)
+    assert read_red_payload(got["payload"]) == (
+        [(13, 1920, b"\x01\x02"), (spec.audio_pt, 960, opus_frame(6))], spec.audio_pt, opus_frame(7))
+    assert len(got["payload"]) == len(payload)
+    assert stamped(got["elements"]) == [(9, b"a0"), (5, ABS_NOW), (6, b"\x85")]  # the level carried over
+    assert rig.engine.consumer_stats(room.audio_consumers[0])["bytes_sent"] == len(payload)
+    assert drops(rig.engine) == {}
+
+
+def test_red_is_stripped_to_its_primary_for_viewers_without_red(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    room = make_room(rig)
+    # Plain and RED packets of one stream (a browser turns RED on and off), RED with 0 to 2 blocks.
+    packets = [room.audio_packet(100, ts=0, payload=opus_frame(100)), room.red_packet(101, 960),
+               room.red_packet(102, 1920, redundant=1, padding=5),
+               room.audio_packet(103, 2880, payload=opus_frame(103)), room.red_packet(104, 3840, redundant=0)]
+    for packet in packets:
+        rig.feed(packet)
+    for v in (1, 2):
+        spec = VIEWERS[v]
+        got = [read_rtp(d) for d in rig.take(rig.viewers[v])]
+        first, ts0 = spec.first_seq ^ 0x5555, spec.first_ts ^ 0x55555555
+        assert [p["seq"] for p in got] == [(first + i) & 0xFFFF for i in range(5)]
+        assert [p["ts"] for p in got] == [(ts0 + 960 * i) & 0xFFFFFFFF for i in range(5)]
+        assert [p["pt"] for p in got] == [spec.audio_pt] * 5
+        assert [p["payload"] for p in got] == [opus_frame(100 + i) for i in range(5)]
+        assert not any(p["padding"] for p in got)
+        stats = rig.engine.consumer_stats(room.audio_consumers[v])
+        assert (stats["packets_sent"], stats["bytes_sent"]) == (5, sum(len(opus_frame(100 + i)) for i in range(5)))
+    # The viewer with RED gets RED as RED, plain as plain.
+    got = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    assert [p["pt"] for p in got] == [109, 108, 108, 109, 108]
+    primaries = [read_red_payload(p["payload"])[2] for p in got if p["pt"] == 108]
+    assert primaries == [opus_frame(101 + i) for i in (0, 1, 3)]
+    assert rig.engine.producer_stats(room.audio)["received"] == 5
+    assert drops(rig.engine) == {}
+
+
+RED_MALFORMED = [
+    ("header-cut-short", bytes([0x80 | 111, 0, 0])),
+    ("headers-only", make_red_payload(111, b"x", [(111, 960, b"ab")])[:4]),
+    ("no-primary-header", make_red_payload(111, b"x", [(111, 960, b"ab"), (111, 0, b"cd")])[:8]),
+    ("block-past-the-end", make_red_payload(111, b"", [(111, 960, b"abcd")])[:-1]),
+    ("length-says-1023", bytes([0x80 | 111, 0, 0x03, 0xFF, 111]) + bytes(40)),
+    ("empty-primary", make_red_payload(111, b"", [(111, 960, b"abcd")])),
+    ("primary-header-alone", bytes([111])),
+]
+
+
+@pytest.mark.parametrize("payload", [c[1] for c in RED_MALFORMED], ids=[c[0] for c in RED_MALFORMED])
+def test_malformed_red_is_dropped_and_counted(make_rig: Callable[..., Rig], payload: bytes) -> None:
+    rig = make_rig()
+    room = make_room(rig)
+    rig.feed(room.red_packet(1, 0, payload=payload))
+    rig.feed(room.red_packet(2, 0, payload=payload, padding=3))  # padding is not payload
+    assert [rig.take(s) for s in rig.viewers] == [[], [], []]
+    assert drops(rig.engine) == {"red_malformed": 2}
+    assert rig.engine.producer_stats(room.audio)["received"] == 0
+
+
+def test_red_primary_in_another_codec_is_unexpected(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    room = make_room(rig)
+    rig.feed(room.red_packet(1, 0, payload=make_red_payload(0, b"pcmu", [(Room.AUDIO_PT, 960, opus_frame(0))])))
+    # RED for a producer that has none.
+    rig.feed(make_rtp(seq=2, ssrc=Room.VIDEO_SSRC, pt=Room.AUDIO_RED_PT, payload=make_vp8_payload(True)))
+    assert [rig.take(s) for s in rig.viewers] == [[], [], []]
+    assert drops(rig.engine) == {"rtp_unexpected_payload_type": 2}
+
+
+def test_red_is_for_audio_under_its_own_payload_type(engine_cls: type) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        e = engine_cls(sock.fileno(), lambda data, addr: None)
+        t = e.add_transport(secure=False)
+        for kwargs in (dict(video=True, codec=VP8, payload_type=96, red_payload_type=63),
+                       dict(video=False, codec=OPUS, payload_type=111, red_payload_type=111),
+                       dict(video=False, codec=OPUS, payload_type=111, rtx_payload_type=63, red_payload_type=63)):
+            with pytest.raises(ValueError):
+                e.add_producer(t, clock_rate=90000, **kwargs)
+        e.add_producer(t, video=False, codec=OPUS, payload_type=111, clock_rate=48000, red_payload_type=63)
+
+
+def test_red_ssrc_learnt_from_the_mid(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1)
+    e = rig.engine
+    t = rig.transport(rig.publisher, mid=MID_ID)
+    p = e.add_producer(t, video=False, codec=OPUS, payload_type=111, clock_rate=48000, mid=b"a", red_payload_type=63)
+    e.add_consumer(rig.transport(rig.viewers[0]), p, payload_type=100, ssrc=5)
+    # A browser asked for RED sends nothing else: its first packet binds the SSRC.
+    rig.feed(make_rtp(seq=1, ssrc=0xABC, pt=63, extensions={MID_ID: b"a"}, payload=make_red_payload(111, b"\xfcop")))
+    assert e.producer_ssrc(p) == 0xABC
+    assert [read_rtp(d)["payload"] for d in rig.take(rig.viewers[0])] == [b"\xfcop"]
+
+
+# =====================================================================================
 # SSRCs learnt from the mid, RTX from the publisher
 # =====================================================================================
 
@@ -595,7 +719,9 @@ def test_nack_not_in_buffer(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig()
     room = make_room(rig)
     rig.feed(room.video_packet(100, keyframe=True))
-    rig.feed(room.video_packet(100 + 1024))  # same slot of the 1024-packet history: 100 is gone
+    # Same slot of the 1024-packet history: 100 is gone. (A keyframe: a jump that long is
+    # an outage, which a video consumer only resumes from at a keyframe.)
+    rig.feed(room.video_packet(100 + 1024, keyframe=True))
     rig.take(rig.viewers[1])
     first = VIEWERS[1].first_seq
     rig.feed(make_rtcp_nack(0xB000, video_ssrc(1), [(first, 0), ((first + 5) & 0xFFFF, 0)]), rig.viewers[1])
@@ -685,6 +811,113 @@ def test_sender_report_rewritten_for_each_consumer(make_rig: Callable[..., Rig])
     rig.feed(make_rtcp_sr(0x9999))
     assert [rig.take(s) for s in rig.viewers] == [[], [], []]
     assert drops(rig.engine) == {}
+
+
+# The publisher's SR in make_rtcp_sr's default NTP time, and its middle 32 bits: what LSR echoes.
+NTP_SECONDS, NTP_FRACTION, NTP_MIDDLE = 0xE1234567, 0x89ABCDEF, 0x456789AB
+
+
+def _started_room(rig: Rig) -> Room:
+    room = make_room(rig)
+    rig.feed(room.video_packet(1, keyframe=True))
+    rig.feed(room.audio_packet(1))
+    for sock in rig.viewers:
+        rig.take(sock)
+    return room
+
+
+def _sender_report(rig: Rig, ssrc: int = Room.VIDEO_SSRC, **ntp: int) -> tuple[float, float]:
+    """The publisher's SR, relayed to the viewers; the engine's clock around it."""
+    before = time.monotonic()
+    rig.feed(make_rtcp_sr(ssrc, **ntp))
+    return before, time.monotonic()
+
+
+def test_round_trip_from_a_receiver_report_echoing_our_sender_report(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    room = _started_room(rig)
+    e = rig.engine
+    assert e.consumer_stats(room.video_consumers[0])["rtt_s"] == 0.0 and e.transport_rtt(room.viewers[0]) == -1.0
+    sent = _sender_report(rig)
+    assert [rtcp(d)[0]["pt"] for d in rig.take(rig.viewers[0])] == [200]
+    time.sleep(0.05)
+    dlsr = 1311  # 20 ms the viewer held the SR
+    start = time.monotonic()
+    rig.feed(make_rtcp_rr(0xA000, report_blocks=[make_report_block(video_ssrc(0), 32, NTP_MIDDLE, dlsr)]),
+             rig.viewers[0])
+    end = time.monotonic()
+    stats = e.consumer_stats(room.video_consumers[0])
+    # RFC 3550 §6.4.1: arrival - LSR's send time - DLSR, on the engine's clock.
+    assert start - sent[1] - dlsr / 65536 - 1e-6 <= stats["rtt_s"] <= end - sent[0] - dlsr / 65536 + 1e-6
+    assert stats["rtt_s"] > 0.02 and stats["fraction_lost"] == 32 / 256
+    assert e.transport_rtt(room.viewers[0]) == stats["rtt_s"]
+    # Not measured: the other viewers, and the audio consumer (no SR relayed for it).
+    assert e.transport_rtt(room.viewers[1]) == -1.0
+    assert e.consumer_stats(room.audio_consumers[0])["rtt_s"] == 0.0
+    assert drops(e) == {}
+
+
+def test_round_trip_from_the_report_blocks_of_a_viewers_sender_report(make_rig: Callable[..., Rig]) -> None:
+    # A viewer that also sends (its own camera) reports in its SRs, not in RRs.
+    rig = make_rig()
+    room = _started_room(rig)
+    e = rig.engine
+    sent = _sender_report(rig, Room.AUDIO_SSRC)
+    time.sleep(0.01)
+    sr = make_rtcp_sr(0xB000, report_blocks=[make_report_block(0x9999, 1, NTP_MIDDLE),
+                                             make_report_block(audio_ssrc(1), 64, NTP_MIDDLE, 0)])
+    rig.feed(sr, rig.viewers[1])
+    end = time.monotonic()
+    stats = e.consumer_stats(room.audio_consumers[1])
+    assert 0.01 <= stats["rtt_s"] <= end - sent[0] + 1e-6
+    assert (stats["fraction_lost"], stats["reports"]) == (0.25, 1)
+    assert e.transport_rtt(room.viewers[1]) == stats["rtt_s"]
+
+
+def test_round_trip_only_from_a_report_on_the_last_sender_report(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    room = _started_room(rig)
+    e = rig.engine
+    video = room.video_consumers[0]
+
+    def report(*blocks: bytes, count: int | None = None) -> None:
+        rr = make_rtcp_rr(0xA000, report_blocks=blocks)
+        if count is not None:
+            rr = bytes([0x80 | count]) + rr[1:]
+        rig.feed(rr, rig.viewers[0])
+
+    report(make_report_block(video_ssrc(0), 0, NTP_MIDDLE, 0))  # before any SR
+    _sender_report(rig)
+    _sender_report(rig, ntp_seconds=NTP_SECONDS + 1)  # the last one: its middle is NTP_MIDDLE + 0x10000
+    report(make_report_block(video_ssrc(0), 0, NTP_MIDDLE, 0))  # echoes the one before
+    report(make_report_block(video_ssrc(0), 0, 0, 0))  # LSR 0: the viewer has no SR yet
+    report(make_report_block(video_ssrc(0), 0, NTP_MIDDLE + 0x10000, 65536))  # held 1 s: negative
+    report(make_report_block(video_ssrc(0), 0, NTP_MIDDLE + 0x10000, 0), count=0)  # not a block of the RR
+    rig.feed(make_rtcp_rr(0xB000, report_blocks=[make_report_block(video_ssrc(0), 0, NTP_MIDDLE + 0x10000)]),
+             rig.viewers[1])  # names viewer 0's SSRC from another transport
+    assert e.consumer_stats(video)["rtt_s"] == 0.0 and e.transport_rtt(room.viewers[0]) == -1.0
+    assert e.consumer_stats(video)["reports"] == 4
+    report(make_report_block(video_ssrc(0), 0, NTP_MIDDLE + 0x10000, 0))
+    assert 0 < e.consumer_stats(video)["rtt_s"] < 1.0
+    assert drops(e) == {}
+
+
+def test_transport_round_trip_is_the_newest_of_its_consumers(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1)
+    room = _started_room(rig)
+    e = rig.engine
+    _sender_report(rig)
+    _sender_report(rig, Room.AUDIO_SSRC)
+    time.sleep(0.03)
+    rig.feed(make_rtcp_rr(0xA000, report_blocks=[make_report_block(video_ssrc(0), 0, NTP_MIDDLE, 0)]), rig.viewers[0])
+    video_rtt = e.transport_rtt(room.viewers[0])
+    rig.feed(make_rtcp_rr(0xA000, report_blocks=[make_report_block(audio_ssrc(0), 0, NTP_MIDDLE, 1311)]),
+             rig.viewers[0])
+    audio_rtt = e.consumer_stats(room.audio_consumers[0])["rtt_s"]
+    assert audio_rtt < video_rtt and e.transport_rtt(room.viewers[0]) == audio_rtt
+    assert e.consumer_stats(room.video_consumers[0])["rtt_s"] == video_rtt
+    e.remove_consumer(room.audio_consumers[0])  # a measurement of the path, which outlives it
+    assert e.transport_rtt(room.viewers[0]) == audio_rtt
 
 
 def test_receiver_reports_loss_jitter_lsr_and_remb(make_rig: Callable[..., Rig]) -> None:
@@ -867,11 +1100,13 @@ def test_pacer_drops_what_the_history_lost(make_rig: Callable[..., Rig]) -> None
     e = rig.engine
     rig.feed(room.video_packet(0, keyframe=True))
     rig.feed(room.video_packet(1))
-    rig.feed(room.video_packet(1 + 1024))  # overwrites 1 in the history while 1 waits
+    # Overwrites 1 in the history while 1 waits. A keyframe, as after any outage that
+    # long: the viewer's numbering then closes the gap.
+    rig.feed(room.video_packet(1 + 1024, keyframe=True))
     e.pacer_rate_bytes_s = e.pacer_burst_bytes = 1e12
     e.tick()
     got = [read_rtp(d)["seq"] for d in rig.take(rig.viewers[0])]
-    assert got == [VIEWERS[0].first_seq, (VIEWERS[0].first_seq + 1 + 1024) & 0xFFFF]
+    assert got == [VIEWERS[0].first_seq, (VIEWERS[0].first_seq + 1) & 0xFFFF]
     assert drops(e) == {"pacer_expired": 1}
 
 
@@ -1158,7 +1393,7 @@ def _pacer_case(reason: str) -> Callable[[Rig, Room], None]:
                 rig.feed(room.video_packet(i))
         else:
             rig.feed(room.video_packet(1))
-            rig.feed(room.video_packet(1 + 1024))
+            rig.feed(room.video_packet(1 + 1024, keyframe=True))  # overwrites 1 in the history
             e.pacer_rate_bytes_s = e.pacer_burst_bytes = 1e12
             e.tick()
     return run
@@ -1233,6 +1468,10 @@ DROP_CASES = [
     DropCase("pacer_expired", 3, _pacer_case("pacer_expired")),
     DropCase("nack_over_budget", 1, _nack_over_budget),
     DropCase("pacer_superseded", 2, _pacer_superseded),
+    DropCase("red_malformed", 1, lambda rig, room: rig.feed(room.red_packet(1, 0, payload=bytes([0x80 | 111, 0, 0])))),
+    # Audio closes a gap at once; a packet from inside it, late, has no number left.
+    DropCase("late_before_switch", 3, lambda rig, room: [
+        rig.feed(room.audio_packet(1)), rig.feed(room.audio_packet(200)), rig.feed(room.audio_packet(100))]),
     DropCase("unknown_protocol", 1, lambda rig, room: rig.feed(b"\x40hello")),
     DropCase("empty_datagram", 1, lambda rig, room: rig.feed(b"")),
 ]
@@ -1313,7 +1552,8 @@ def test_srtp_both_ways(make_rig: Callable[..., Rig], profile: int) -> None:
 
 D_VIEWERS = [
     {"ids": {"mid": 9, "abs_send_time": 5, "audio_level": 6}, "rtx": True, "nack": True},
-    {"ids": {"mid": 3, "transport_cc": 7}, "rtx": False, "nack": True},  # everything it gets is numbered
+    # Everything it gets is numbered; it takes RED (its Opus PT is not the publisher's).
+    {"ids": {"mid": 3, "transport_cc": 7}, "rtx": False, "nack": True, "red": True},
     {"ids": {}, "rtx": False, "nack": False},
 ]
 # (kind, codec, pt, rtx pt, ssrc, rtx ssrc, mid): the H264 SSRCs are learnt from the mid.
@@ -1323,6 +1563,10 @@ D_PRODUCERS = [
     ("video", H264, 102, 103, None, None, b"2"),
 ]
 D_LEARNT = {2: (0x3333, 0x3334)}
+D_RED = {1: 63}  # the Opus producer also sends RED; viewer 1 takes it, the others get it stripped
+# Publisher SR times the differential draws from, so viewers' reports can echo them (LSR).
+D_NTP = [(0xE1234567, 0x89ABCDEF), (0xE1234568, 0x00010000)]
+D_LSR = [((sec << 16) | (frac >> 16)) & 0xFFFFFFFF for sec, frac in D_NTP]
 
 
 def d_consumer_ssrc(v: int, p: int, rtx: bool = False) -> int:
@@ -1340,8 +1584,8 @@ class DWorld:
         self.producers = [
             e.add_producer(self.publisher, video=kind == "video", codec=codec, payload_type=pt,
                            clock_rate=90000 if kind == "video" else 48000, rtx_payload_type=rtx_pt,
-                           ssrc=ssrc, rtx_ssrc=rtx_ssrc, mid=mid)
-            for kind, codec, pt, rtx_pt, ssrc, rtx_ssrc, mid in D_PRODUCERS]
+                           ssrc=ssrc, rtx_ssrc=rtx_ssrc, mid=mid, red_payload_type=D_RED.get(p, -1))
+            for p, (kind, codec, pt, rtx_pt, ssrc, rtx_ssrc, mid) in enumerate(D_PRODUCERS)]
         self.viewers = [self.rig.transport(s, rtcp_ssrc=0xA0 + v) for v, s in enumerate(self.rig.viewers)]
         self.consumers: dict[tuple[int, int], int] = {}
         for v, spec in enumerate(D_VIEWERS):
@@ -1352,7 +1596,8 @@ class DWorld:
                     rtx_payload_type=rtx_pt + 10 * v if rtx else -1,
                     rtx_ssrc=d_consumer_ssrc(v, p, True) if rtx else None, nack=spec["nack"],
                     mid_value=f"m{p}".encode(), first_seq=first_seqs[v], first_ts=first_seqs[v] * 65537,
-                    first_rtx_seq=first_seqs[v] ^ 0xFFFF, **spec["ids"])
+                    first_rtx_seq=first_seqs[v] ^ 0xFFFF,
+                    red_payload_type=D_RED[p] + 1 if spec.get("red") and p in D_RED else -1, **spec["ids"])
 
     def apply(self, action: tuple) -> None:
         rig, e = self.rig, self.rig.engine
@@ -1394,7 +1639,10 @@ class DWorld:
             "drops": e.drop_counts(),
             "totals": e.totals(),
             "producers": producers,
-            "consumers": {k: e.consumer_stats(c) for k, c in self.consumers.items()},
+            # A round trip is each engine's own clock too: whether one was measured must match.
+            "consumers": {k: {**stats, "rtt_s": stats["rtt_s"] > 0}
+                          for k, stats in ((k, e.consumer_stats(c)) for k, c in self.consumers.items())},
+            "rtt": [e.transport_rtt(t) >= 0 for t in self.viewers],
             "remb": [e.transport_remb_bps(t) for t in self.viewers],
             # Send times are each engine's own clock; arrivals and sizes must match.
             "twcc": [(e.transport_twcc(t), [(a, n) for _, a, n in e.take_twcc(t)]) for t in self.viewers],
@@ -1420,7 +1668,8 @@ def d_media(draw: st.DrawFn) -> bytes:
     kind, codec, pt, rtx_pt, ssrc, rtx_ssrc, mid = D_PRODUCERS[p]
     if ssrc is None:
         ssrc, rtx_ssrc = D_LEARNT[p]
-    seq = (65500 + draw(st.integers(0, 90))) & 0xFFFF
+    # Mostly near the opening; now and then after an outage (more than 64 missing).
+    seq = (65500 + draw(st.integers(0, 90) | st.integers(150, 600))) & 0xFFFF
     ts = draw(st.sampled_from([0, 3000, 0xFFFFFF00, draw(st.integers(0, 0xFFFFFFFF))]))
     if codec == VP8:
         payload = make_vp8_payload(draw(st.booleans()), start=draw(st.booleans()),
@@ -1428,9 +1677,18 @@ def d_media(draw: st.DrawFn) -> bytes:
     elif codec == H264:
         payload = draw(st.sampled_from([make_h264_payload(5), make_h264_payload(1),
                                         make_h264_payload(stap_a=[7, 8, 5]), make_h264_payload(fu_a=5)]))
+    elif p in D_RED and draw(st.booleans()):
+        # RED: well formed (0-2 redundant blocks, one maybe of another codec), or cut anywhere.
+        blocks = draw(st.lists(st.tuples(st.sampled_from([pt, pt, 13]), st.integers(0, 0x3FFF),
+                                         st.binary(max_size=12)), max_size=2))
+        payload = make_red_payload(draw(st.sampled_from([pt, pt, pt, 0])), b"\xfc" + draw(st.binary(max_size=20)),
+                                   blocks)
+        payload = payload[:draw(st.sampled_from([len(payload)] * 3 + [draw(st.integers(0, len(payload)))]))]
+        pt = D_RED[p]
     else:
         payload = b"\xfc" + draw(st.binary(max_size=30))
-    payload += draw(st.binary(max_size=12))
+    if pt not in D_RED.values():
+        payload += draw(st.binary(max_size=12))
     extensions = draw(st.lists(st.sampled_from([
         (MID_ID, mid), (ABS_ID, b"\x01\x02\x03"), (LEVEL_ID, b"\x7f"), (TCC_ID, b"\x00\x01"),
         (MID_ID, b"zz"), (ABS_ID, b"\x01")]), max_size=4, unique=True))
@@ -1464,11 +1722,17 @@ def d_rtcp_from_viewer(draw: st.DrawFn, first_seqs: list[int]) -> tuple[int, byt
         elif which == "remb":
             parts.append(make_rtcp_remb(0xA0 + v, draw(st.integers(0, (1 << 18) - 1)), draw(st.integers(0, 63))))
         elif which == "rr":
-            parts.append(make_rtcp_rr(0xA0 + v))
+            # Some echoing an SR the publisher may have sent (a round trip), some not.
+            blocks = [make_report_block(draw(st.sampled_from([media, d_consumer_ssrc(v, p)])),
+                                        draw(st.integers(0, 255)), draw(st.sampled_from(D_LSR + [0, 0x12345678])),
+                                        draw(st.sampled_from([0, 0, 0xFFFFFF])))  # held 0 or 256 s: negative
+                      for _ in range(draw(st.integers(0, 2)))]
+            parts.append(make_rtcp_rr(0xA0 + v, report_blocks=blocks))
         elif which == "twcc":
             parts.append(_d_twcc(draw, 0xA0 + v, media))
         else:
-            parts.append(make_rtcp_sr(0xA0 + v))
+            block = make_report_block(d_consumer_ssrc(v, p), 0, draw(st.sampled_from(D_LSR)), 0)
+            parts.append(make_rtcp_sr(0xA0 + v, report_blocks=[block] * draw(st.integers(0, 1))))
     return 1 + v, b"".join(parts)
 
 
@@ -1490,7 +1754,9 @@ def _d_twcc(draw: st.DrawFn, sender: int, media: int) -> bytes:
 @st.composite
 def d_rtcp_from_publisher(draw: st.DrawFn) -> bytes:
     ssrc = draw(st.sampled_from([0x1111, 0x1112, 0x2222, 0x3333, 0x7777]))
-    sr = make_rtcp_sr(ssrc, ntp_seconds=draw(st.integers(0, 0xFFFFFFFF)), ntp_fraction=draw(st.integers(0, 0xFFFFFFFF)),
+    ntp_seconds, ntp_fraction = draw(st.sampled_from(D_NTP) | st.tuples(st.integers(0, 0xFFFFFFFF),
+                                                                        st.integers(0, 0xFFFFFFFF)))
+    sr = make_rtcp_sr(ssrc, ntp_seconds=ntp_seconds, ntp_fraction=ntp_fraction,
                       rtp_ts=draw(st.integers(0, 0xFFFFFFFF)), packets=draw(st.integers(0, 99)))
     return sr + draw(st.sampled_from([b"", make_rtcp_rr(ssrc)]))
 
@@ -1515,13 +1781,43 @@ def d_burst(draw: st.DrawFn) -> list[tuple]:
     p = draw(st.sampled_from([0, 0, 1, 2]))
     kind, codec, pt, _, ssrc, _, mid = D_PRODUCERS[p]
     ssrc = ssrc or D_LEARNT[p][0]
-    start, count = draw(st.integers(1, 10) | st.integers(1, 40)), draw(st.integers(1, 8))
-    payload = make_vp8_payload(False) if codec == VP8 else make_h264_payload(1) if codec == H264 else b"\xfc"
+    # Now and then after an outage (more than 64 missing), which a keyframe may end.
+    start, count = draw(st.integers(1, 10) | st.integers(1, 40) | st.integers(100, 500)), draw(st.integers(1, 8))
+    key = draw(st.booleans())
+
+    red = p in D_RED and draw(st.booleans())
+    if red:
+        pt = D_RED[p]
+
+    def payload(i: int) -> bytes:
+        first = key and i == 0
+        if red:  # the frame before as its redundant block, or (the last one) cut short
+            packet = make_red_payload(D_PRODUCERS[p][2], b"\xfc" + bytes([i]), [(D_PRODUCERS[p][2], 960, b"\xfc")])
+            return packet[:draw(st.sampled_from([len(packet)] * 5 + [4, 6]))] if i == count - 1 else packet
+        return make_vp8_payload(first) if codec == VP8 else make_h264_payload(5 if first else 1) \
+            if codec == H264 else b"\xfc"
+
     return [("feed", 0, make_rtp(seq=(65500 + start + i) & 0xFFFF, ts=3000 * start, ssrc=ssrc, pt=pt,
-                                 marker=i == count - 1, payload=payload + bytes([i]) * draw(st.integers(0, 9)),
+                                 marker=i == count - 1,
+                                 payload=payload(i) + (b"" if red else bytes([i]) * draw(st.integers(0, 9))),
                                  extensions={MID_ID: mid, ABS_ID: b"\x00\x00\x01"},
                                  padding=draw(st.sampled_from([0, 0, 0, 2, 30]))))
             for i in range(count)]
+
+
+@st.composite
+def d_round_trip(draw: st.DrawFn) -> list[tuple]:
+    """A publisher's SR relayed to the viewers, then a viewer's report echoing it (or not)."""
+    p, v = draw(st.integers(0, len(D_PRODUCERS) - 1)), draw(st.integers(0, len(D_VIEWERS) - 1))
+    ssrc = D_PRODUCERS[p][4] or D_LEARNT[p][0]
+    n = draw(st.integers(0, len(D_NTP) - 1))
+    sr = make_rtcp_sr(ssrc, ntp_seconds=D_NTP[n][0], ntp_fraction=D_NTP[n][1])
+    block = make_report_block(d_consumer_ssrc(v, p), draw(st.integers(0, 255)),
+                              draw(st.sampled_from([D_LSR[n]] * 3 + [D_LSR[1 - n], 0])),
+                              draw(st.sampled_from([0, 0, 0xFFFFFF])))
+    report = draw(st.sampled_from([make_rtcp_rr(0xA0 + v, report_blocks=[block]),
+                                   make_rtcp_sr(0xA0 + v, report_blocks=[block])]))
+    return [("feed", 0, sr), ("feed", 1 + v, report)]
 
 
 @st.composite
@@ -1531,6 +1827,7 @@ def d_actions(draw: st.DrawFn, first_seqs: list[int]) -> list[tuple]:
     feed = st.one_of(
         media.map(lambda d: [("feed", 0, d)]),
         d_burst(),
+        d_round_trip(),
         viewer_rtcp.map(lambda sd: [("feed", sd[0], sd[1])]),
         viewer_rtcp.map(lambda sd: [("feed", sd[0], sd[1])]),
         d_rtcp_from_publisher().map(lambda d: [("feed", 0, d)]),
@@ -1835,6 +2132,135 @@ def test_a_long_gop_still_starts_from_the_history(make_rig: Callable[..., Rig]) 
     got = [read_rtp(d)["seq"] for d in rig.take(rig.viewers[0])]
     assert got == [(VIEWERS[0].first_seq + i) & 0xFFFF for i in range(700)]
     assert e.totals()["keyframe_requests_sent"] == 0 and drops(e) == {}
+
+
+# =====================================================================================
+# An outage upstream (a relay cut for seconds): the viewer's numbering closes the gap
+# =====================================================================================
+
+
+def _numbered_vp8(room: Room, seq: int, key: bool = False) -> bytes:
+    """A video packet whose timestamp, VP8 picture id and TL0PICIDX follow its number."""
+    return room.video_packet(seq, ts=3000 * seq, payload=make_vp8_payload(
+        key, picture_id=seq & 0x7FFF, picture_id_bits=15, tl0picidx=seq & 0xFF, frame=struct.pack("!H", seq)))
+
+
+@pytest.mark.parametrize("paced", [False, True], ids=["unpaced", "paced"])
+def test_a_long_input_gap_is_closed_at_the_next_keyframe(make_rig: Callable[..., Rig], paced: bool) -> None:
+    # Paced: everything waits in the pacer (no tokens) and is numbered when it leaves.
+    options = dict(pacer_enabled=True, pacer_rate_bps=0, pacer_burst_bytes=1) if paced else {}
+    rig = make_rig(viewers=2, keyframe_min_interval_s=1000.0, **options)
+    room = make_room(rig)
+    e = rig.engine
+    before, after = list(range(1000, 1010)), list(range(1310, 1320))  # 300 packets never arrive
+    for seq in before + after:
+        rig.feed(_numbered_vp8(room, seq, key=seq in (1000, 1315)))
+    if paced:
+        e.pacer_rate_bytes_s, e.pacer_burst_bytes = 1e12, 1e9
+        e.tick()
+    sent = after[5:]  # from the keyframe on
+    for v in range(2):
+        spec = VIEWERS[v]
+        got = [read_rtp(d) for d in rig.take(rig.viewers[v])]
+        assert [p["seq"] for p in got] == [(spec.first_seq + i) & 0xFFFF for i in range(15)]  # contiguous
+        assert [p["payload"][-2:] for p in got] == [struct.pack("!H", s) for s in before + sent]
+        # The timestamps keep their real spacing (the same clock, which SRs map); the VP8
+        # picture id and TL0PICIDX continue, as at a layer switch.
+        assert [(p["ts"] - spec.first_ts) & 0xFFFFFFFF for p in got] == [3000 * (s - 1000) for s in before + sent]
+        assert [_pic_tl0(p["payload"]) for p in got] == [(1000 + i, (1000 + i) & 0xFF) for i in range(15)]
+    # One keyframe request for the resumption (the second viewer's rode on it), no other.
+    assert plis(rig.take(rig.publisher)) == [(Room.PUBLISHER_RTCP_SSRC, Room.VIDEO_SSRC)]
+    assert e.totals()["keyframe_requests_sent"] == 1
+    assert drops(e) == {"waiting_for_keyframe": 2 * 5}  # 1310..1314, for each viewer
+
+
+def test_packets_from_inside_a_closed_gap_never_reuse_a_number(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1)
+    room = make_room(rig)
+    e = rig.engine
+    for seq in [*range(1000, 1005), *range(1305, 1310)]:
+        rig.feed(_numbered_vp8(room, seq, key=seq in (1000, 1305)))
+    sent = {read_rtp(d)["seq"]: read_rtp(d) for d in rig.take(rig.viewers[0])}
+    first = VIEWERS[0].first_seq
+    assert sorted((s - first) & 0xFFFF for s in sent) == list(range(10))
+    # Late: from inside the gap (a retransmission, on the RTX stream too), and a copy of one
+    # from before it (its number is taken already in either numbering).
+    for seq in (1100, 1304, 1003):
+        rig.feed(_numbered_vp8(room, seq))
+    rig.feed(make_rtx(_numbered_vp8(room, 1200), seq=1, ssrc=Room.VIDEO_RTX_SSRC, pt=Room.VIDEO_RTX_PT))
+    assert rig.take(rig.viewers[0]) == []
+    assert drops(e) == {"late_before_switch": 4}
+    # NACKs on either side of the closed gap are answered from the right packets.
+    rig.feed(make_rtcp_nack(0xA000, video_ssrc(0), nack_items([(first + 4) & 0xFFFF, (first + 5) & 0xFFFF])),
+             rig.viewers[0])
+    resent = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    assert [p["payload"][2:] for p in resent] == [sent[(first + 4) & 0xFFFF]["payload"],
+                                                  sent[(first + 5) & 0xFFFF]["payload"]]
+    assert [p["payload"][-2:] for p in resent] == [struct.pack("!H", 1004), struct.pack("!H", 1305)]
+    assert plis(rig.take(rig.publisher)) == []  # resumed on a keyframe: nothing to ask
+
+
+def test_a_long_audio_gap_is_closed_at_once(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1)
+    room = make_room(rig)
+    e = rig.engine
+    seqs = [*range(100, 105), *range(400, 405)]
+    for seq in seqs:
+        rig.feed(room.audio_packet(seq, ts=960 * seq))
+    rig.feed(room.audio_packet(300, ts=960 * 300))  # from inside the gap, late
+    got = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    first, ts0 = VIEWERS[0].first_seq ^ 0x5555, VIEWERS[0].first_ts ^ 0x55555555
+    assert [p["seq"] for p in got] == [(first + i) & 0xFFFF for i in range(10)]
+    assert [(p["ts"] - ts0) & 0xFFFFFFFF for p in got] == [960 * (s - 100) for s in seqs]
+    assert e.totals()["keyframe_requests_sent"] == 0
+    assert drops(e) == {"late_before_switch": 1}
+
+
+@pytest.mark.parametrize("missing,closed", [(3, False), (64, False), (65, True)])
+def test_only_a_gap_of_more_than_64_packets_is_closed(make_rig: Callable[..., Rig], missing: int, closed: bool) -> None:
+    # A shorter hole stays: the viewer's loss concealment, NACKs, RED and FEC work from it.
+    rig = make_rig(viewers=1)
+    room = make_room(rig)
+    for seq in (10, 11, 12 + missing, 13 + missing):
+        rig.feed(room.audio_packet(seq))
+        rig.feed(_numbered_vp8(room, seq, key=seq in (10, 12 + missing)))
+    by_ssrc: dict[int, list[int]] = {}
+    for p in map(read_rtp, rig.take(rig.viewers[0])):
+        by_ssrc.setdefault(p["ssrc"], []).append(p["seq"])
+    steps = [0, 1, 2, 3] if closed else [0, 1, 2 + missing, 3 + missing]
+    for ssrc, first in ((audio_ssrc(0), VIEWERS[0].first_seq ^ 0x5555), (video_ssrc(0), VIEWERS[0].first_seq)):
+        assert by_ssrc[ssrc] == [(first + k) & 0xFFFF for k in steps]
+    assert drops(rig.engine) == {}
+
+
+def test_a_hole_our_pacer_made_is_not_closed(make_rig: Callable[..., Rig]) -> None:
+    # The pacer lost the oldest 75 of what waited; the history has them for the viewer's NACKs.
+    rig, room = _paced_rig(make_rig, burst=1)
+    e = rig.engine
+    for i in range(1100):
+        rig.feed(_numbered_vp8(room, i, key=i == 0))
+    e.pacer_rate_bytes_s, e.pacer_burst_bytes = 1e12, 1e9
+    e.tick()
+    got = [read_rtp(d)["seq"] for d in rig.take(rig.viewers[0])]
+    first = VIEWERS[0].first_seq
+    assert got == [first] + [(first + i) & 0xFFFF for i in range(76, 1100)]
+    assert drops(e) == {"pacer_queue_full": 75} and plis(rig.take(rig.publisher)) == []
+
+
+def test_input_that_goes_back_for_good_is_a_discontinuity_too(make_rig: Callable[..., Rig]) -> None:
+    # After a closed gap, the sender restarts its numbering far back: not stragglers. After
+    # 64 dropped as late, the stream continues from the newest number sent.
+    rig = make_rig(viewers=1)
+    room = make_room(rig)
+    e = rig.engine
+    seqs = [*range(5000, 5005), *range(5300, 5305), *range(100, 170)]
+    for seq in seqs:
+        rig.feed(room.audio_packet(seq, ts=960 * seq))
+    got = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    first = VIEWERS[0].first_seq ^ 0x5555
+    assert [p["seq"] for p in got] == [(first + i) & 0xFFFF for i in range(16)]
+    assert [p["payload"] for p in got] == [read_rtp(room.audio_packet(s))["payload"] for s in seqs[:10] + seqs[-6:]]
+    assert drops(e) == {"late_before_switch": 64}
 
 
 # =====================================================================================

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from fixtures import make_rtp, make_vp8_payload
+from fixtures import make_red_payload, make_rtp, make_vp8_payload
 
 import sfu.fastpath  # noqa: F401  (gives the compiled engine libsrtp's entry points)
 import sfu._fastpath as cython_impl
@@ -51,9 +51,10 @@ def _udp(timeout_s: float | None = None) -> socket.socket:
 
 
 class Bench:
-    """A publisher, an engine with a VP8 producer, ``VIEWERS`` consumers."""
+    """A publisher, an engine with a VP8 producer, ``VIEWERS`` consumers. ``red``: an Opus
+    producer sending RFC 2198 RED instead, passed through to viewer 0, stripped for the others."""
 
-    def __init__(self, engine_cls: type, twcc: bool = False) -> None:
+    def __init__(self, engine_cls: type, twcc: bool = False, red: bool = False) -> None:
         self.sock = _udp()
         self.publisher = _udp(5.0)
         self.publisher.connect(self.sock.getsockname())  # send() parses no address
@@ -62,8 +63,12 @@ class Bench:
         e = self.engine
         t = e.add_transport(secure=False, mid=4)
         e.set_transport_address(t, *self.publisher.getsockname())
-        self.producer = e.add_producer(t, video=True, codec=cython_impl.CODEC_VP8, payload_type=96,
-                                       clock_rate=90000, ssrc=0x1111, mid=b"0")
+        if red:
+            self.producer = e.add_producer(t, video=False, codec=cython_impl.CODEC_OPUS, payload_type=111,
+                                           clock_rate=48000, ssrc=0x1111, mid=b"0", red_payload_type=63)
+        else:
+            self.producer = e.add_producer(t, video=True, codec=cython_impl.CODEC_VP8, payload_type=96,
+                                           clock_rate=90000, ssrc=0x1111, mid=b"0")
         self.consumers = []
         self.viewer_transports = []
         for v, viewer in enumerate(self.viewers):
@@ -72,7 +77,8 @@ class Bench:
             e.set_transport_address(tv, *viewer.getsockname())
             self.consumers.append(e.add_consumer(tv, self.producer, payload_type=100 + v, ssrc=0x2000 + v,
                                                  mid=1, mid_value=b"v", first_seq=v * 1000,
-                                                 transport_cc=5 if twcc else 0))
+                                                 transport_cc=5 if twcc else 0,
+                                                 red_payload_type=120 if red and v == 0 else -1))
         # With transport-cc, viewer 0 also sends a feedback packet per group: one run-length
         # chunk saying the group's 16 packets arrived 250 us apart.
         self.feedback: list[bytes] | None = None
@@ -82,15 +88,23 @@ class Bench:
                                          (1 << 13) | GROUP) + bytes([1] * GROUP) + bytes(2) for k in range(4096)]
         # One full cycle of sequence numbers, so the stream stays continuous as it repeats.
         # Datagrams stay under 256 bytes: the sizes send/recv_into return are cached ints.
-        self.packets = [
-            make_rtp(seq=seq, ts=(seq // 4) * 3000, ssrc=0x1111, pt=96, marker=seq % 4 == 3,
-                     extensions={4: b"0", 3: b"\x00\x01"},
-                     payload=make_vp8_payload(seq == 0, frame=bytes([seq & 0xFF]) * 150))
-            for seq in range(65536)]
+        if red:
+            self.packets = [
+                make_rtp(seq=seq, ts=seq * 960, ssrc=0x1111, pt=63, extensions={4: b"0", 3: b"\x00\x01"},
+                         payload=make_red_payload(111, b"\xfc" + bytes([seq & 0xFF]) * 80,
+                                                  [(111, 960, b"\xfc" + bytes([(seq - 1) & 0xFF]) * 80)]))
+                for seq in range(65536)]
+        else:
+            self.packets = [
+                make_rtp(seq=seq, ts=(seq // 4) * 3000, ssrc=0x1111, pt=96, marker=seq % 4 == 3,
+                         extensions={4: b"0", 3: b"\x00\x01"},
+                         payload=make_vp8_payload(seq == 0, frame=bytes([seq & 0xFF]) * 150))
+                for seq in range(65536)]
         assert max(map(len, self.packets)) < 256
         self.groups = [self.packets[i:i + GROUP] for i in range(0, 65536, GROUP)]
         self.buf = bytearray(2048)
         self.sent = 0
+        self.red = red
 
     def engine_transport(self, c: int) -> int:
         return self.viewer_transports[self.consumers.index(c)]
@@ -140,9 +154,9 @@ class Bench:
             s.close()
 
 
-@pytest.fixture(params=[False, True], ids=["plain", "transport-cc"])
+@pytest.fixture(params=["plain", "transport-cc", "red"])
 def bench(request: pytest.FixtureRequest) -> Iterator[Bench]:
-    b = Bench(cython_impl.Engine, twcc=request.param)
+    b = Bench(cython_impl.Engine, twcc=request.param == "transport-cc", red=request.param == "red")
     yield b
     b.close()
 
@@ -181,6 +195,8 @@ def test_forwarding_allocates_no_python_object_per_packet(bench: Bench) -> None:
     last_seq = (WARMUP_PACKETS + MEASURED_PACKETS - 1) % 65536
     assert bench.buf[2:4] == (((VIEWERS - 1) * 1000 + last_seq) & 0xFFFF).to_bytes(2, "big")
     assert bench.buf[8:12] == (0x2000 + VIEWERS - 1).to_bytes(4, "big")
+    if bench.red:  # ... stripped to its primary
+        assert bench.buf[1] == 100 + VIEWERS - 1 and bench.buf[20:101] == b"\xfc" + bytes([last_seq & 0xFF]) * 80
     if bench.feedback is not None:
         # Every packet numbered, every feedback read (and used: the last 1,024 reported).
         for c in bench.consumers:
