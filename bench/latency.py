@@ -1,19 +1,27 @@
 """Added latency across sites: publish at node A, receive at node B through the QUIC relay.
 
-Two nodes (each `sfu serve --shards 1`) share a Redis directory and relay over
-QUIC; the path between their QUIC relays goes through a userspace UDP relay
-that adds a fixed one-way delay and random loss each way (this kernel has no
-netem). One raw DTLS-SRTP publisher (bench/loadgen.py: real VP8 + Opus, its
-CLOCK_MONOTONIC send time written into each payload) publishes on A; viewers on
-B read the stamps back, the arrival time taken by the kernel (SO_TIMESTAMPNS).
-Added latency = arrival - send - the configured path delay: what two SFU hops
-(A's shard, A's relay, B's relay, B's shard) cost on top of the network.
+Two sites (by default two network namespaces joined by a veth pair, ``bench/netsites.py``),
+one node each (``sfu serve --shards 1``, HTTP and media on the site's veth address, one
+Redis in A, ``relay_transport = "quic"``). The path between the sites: iptables drops
+``--loss`` of the UDP arriving at each site over the veth, and a userspace delay relay in
+front of B's QUIC relay (which A's relay dials) holds every datagram ``--delay-ms`` each
+way (this kernel has no netem). One raw DTLS-SRTP publisher (bench/loadgen.py: real VP8 +
+Opus, its CLOCK_MONOTONIC send time written into each payload) runs in A and publishes
+on A; viewers run in B, watch on B and read the stamps back, the arrival time taken by
+the kernel (SO_TIMESTAMPNS); both are ``bench/latency_peer.py`` processes inside their
+namespaces (CLOCK_MONOTONIC is shared across namespaces). Added latency = arrival - send
+- the configured path delay: what two SFU hops (A's shard, A's relay, B's relay, B's
+shard) cost on top of the network (the veth and the delay relay's own lateness, reported
+as ``relay_late_us``, are in it too; both are tens of microseconds).
 
-    python -m bench.latency [--quick] [--delay-ms 30] [--loss 0.01] [--viewers 4]
+``--loopback``: the older variant, both nodes on 127.0.0.1 in this namespace (``--dev``),
+the delay relay dropping ``--loss`` itself, publisher and viewers in this process.
 
-Prints audio and video added latency (p50/p99) and the longest audio gap a
-viewer saw; the last line is one JSON object with at least ``added_p50_ms``,
-``added_p99_ms`` (audio) and ``max_gap_ms``.
+    python -m bench.latency [--quick] [--delay-ms 30] [--loss 0.01] [--viewers 4] [--loopback]
+
+Needs root (namespaces) unless ``--loopback``. Prints audio and video added latency
+(p50/p99) and the longest audio gap a viewer saw; the last line is one JSON object with
+at least ``added_p50_ms``, ``added_p99_ms`` (audio) and ``max_gap_ms``.
 """
 
 from __future__ import annotations
@@ -22,18 +30,19 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import shutil
+import signal
 import socket
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sfu.relay.certs import write_cluster_certs
 
-from .clip import build_clip
+from .latency_peer import Window
 from .loadgen import LoadGen
 from .redis_server import RedisServer
 from .targets import TargetError, WhipWhepTarget, free_port
@@ -41,57 +50,11 @@ from .targets import TargetError, WhipWhepTarget, free_port
 ROOM = "site-to-site"
 
 
-class PathRelay(asyncio.DatagramProtocol):
-    """UDP from the dialling relay to ``target`` and back, each datagram delayed and maybe lost."""
-
-    def __init__(self, target: tuple[str, int], delay_s: float, loss: float, rnd: random.Random) -> None:
-        self.target, self.delay_s, self.loss, self.rnd = target, delay_s, loss, rnd
-        self.transport: asyncio.DatagramTransport | None = None
-        self.upstream: asyncio.DatagramTransport | None = None
-        self.client: tuple[str, int] | None = None
-        self.dropped = self.carried = 0
-
-    def _later(self, send, data: bytes, addr) -> None:
-        if self.rnd.random() < self.loss:
-            self.dropped += 1
-            return
-        self.carried += 1
-        asyncio.get_running_loop().call_later(self.delay_s, send, data, addr)
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.client = addr
-        if self.upstream is not None:
-            self._later(self.upstream.sendto, data, self.target)
-
-    def back(self, data: bytes) -> None:
-        if self.transport is not None and self.client is not None:
-            self._later(self.transport.sendto, data, self.client)
-
-
-async def start_path(listen_port: int, target: tuple[str, int], delay_s: float, loss: float) -> PathRelay:
-    loop = asyncio.get_running_loop()
-    relay = PathRelay(target, delay_s, loss, random.Random(7))
-    relay.transport, _ = await loop.create_datagram_endpoint(lambda: relay, local_addr=("127.0.0.1", listen_port))
-
-    class Back(asyncio.DatagramProtocol):
-        def datagram_received(self, data: bytes, addr) -> None:
-            relay.back(data)
-
-    relay.upstream, _ = await loop.create_datagram_endpoint(Back, local_addr=("127.0.0.1", 0))
-    return relay
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Node(WhipWhepTarget):
-    """One `sfu serve` node of the two-site cluster."""
+    """One `sfu serve` node of the loopback variant (``--dev`` on 127.0.0.1)."""
 
     def __init__(self, name: str, run_dir: Path, redis_url: str, certs: dict, ca: Path, quic_port: int,
-                 quic_public_port: int = 0) -> None:
+                 quic_public_port: int = 0, source_dir: str | None = None) -> None:
         self.name = name
         self.http_port = free_port()
         super().__init__(f"http://127.0.0.1:{self.http_port}")
@@ -99,6 +62,10 @@ class Node(WhipWhepTarget):
                    SFU_RELAY_CERT=str(certs[name][0]), SFU_RELAY_KEY=str(certs[name][1]), SFU_RELAY_CA=str(ca))
         if quic_public_port:
             env["SFU_QUIC_PUBLIC_PORT"] = str(quic_public_port)
+        self.cwd = None
+        if source_dir:
+            self.cwd = str(Path(source_dir).resolve())
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.cwd, env.get("PYTHONPATH")]))
         self.argv = [sys.executable, "-m", "sfu", "serve", "--dev", "--http-port", str(self.http_port),
                      "--rtc-port", str(free_udp_port()), "--shards", "1", "--redis-url", redis_url,
                      "--node-id", name, "--log-level", "warning"]
@@ -109,7 +76,7 @@ class Node(WhipWhepTarget):
     async def start(self) -> None:
         await super().start()
         log = open(self.log_path, "wb")
-        self.proc = await asyncio.create_subprocess_exec(*self.argv, env=self.env, stdout=log, stderr=log)
+        self.proc = await asyncio.create_subprocess_exec(*self.argv, env=self.env, stdout=log, stderr=log, cwd=self.cwd)
         import aiohttp
 
         deadline = time.monotonic() + 30
@@ -134,6 +101,12 @@ class Node(WhipWhepTarget):
                 self.proc.kill()
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -141,18 +114,107 @@ def pct(values: list[float], q: float) -> float | None:
     return round(values[min(len(values) - 1, int(q * len(values)))], 2)
 
 
-async def run(args: argparse.Namespace) -> dict:
+def summarize(args: argparse.Namespace, seen: dict[str, Any], path: dict[str, Any]) -> dict[str, Any]:
+    """The JSON line: the viewers' window (``latency_peer.Window.result``) and the path's counts."""
+    audio = [us / 1000 - args.delay_ms for us in seen["audio_us"]]
+    every = [us / 1000 - args.delay_ms for us in seen["all_us"]]
+    gaps = [g for g in seen["audio_max_gap_ms"] if g]
+    window = seen["window"]
+    lost, received = window["lost"], window["audio"] + window["video"]
+    late = path.get("relay_late_us") or {}
+    result = {
+        "mode": "loopback" if args.loopback else "netns",
+        "path_delay_ms": args.delay_ms, "path_loss": args.loss, "viewers": args.viewers, "seconds": args.seconds,
+        "added_p50_ms": pct(audio, 0.5), "added_p99_ms": pct(audio, 0.99),
+        "video_added_p50_ms": pct(every, 0.5), "video_added_p99_ms": pct(every, 0.99),
+        "max_gap_ms": round(max(gaps), 1) if gaps else None, "audio_max_gap_per_viewer_ms": seen["audio_max_gap_ms"],
+        "audio_samples": len(audio),
+        "all_samples": len(every), "viewers_with_audio": seen["viewers_with_audio"],
+        "audio_received": window["audio"], "video_received": window["video"],
+        "decrypt_failures": window["decrypt_failures"], "misordered": window["misordered"],
+        "loss_after_repair": round(lost / max(1, lost + received), 5),
+        **path,
+        "relay_late_us_p50": late.get("p50"), "relay_late_us_p99": late.get("p99"),
+    }
+    print(f"audio added latency p50 {result['added_p50_ms']} ms, p99 {result['added_p99_ms']} ms "
+          f"({len(audio)} samples); all packets p50 {result['video_added_p50_ms']} / p99 "
+          f"{result['video_added_p99_ms']} ms; longest audio gap {result['max_gap_ms']} ms; "
+          f"loss seen by viewers {result['loss_after_repair'] * 100:.2f} %", flush=True)
+    print(f"path: {path['path_forward']} datagrams A->B, {path['path_back']} B->A through the delay relay "
+          f"(its lateness p50 {late.get('p50')} / p99 {late.get('p99')} / max {late.get('max')} us); "
+          f"{path['path_dropped']} dropped by the loss", flush=True)
+    return result
+
+
+# --- two namespaces -----------------------------------------------------------------------
+
+
+def run_netns(args: argparse.Namespace) -> dict[str, Any]:
+    from .netsites import NetSites
+
+    with NetSites(args.delay_ms, args.loss, keep=args.keep) as sites:
+        print(f"two sites: namespaces {sites.a.netns} ({sites.a.addr}) and {sites.b.netns} ({sites.b.addr}) "
+              f"joined by a veth; QUIC relay path {args.delay_ms:.0f} ms one way, {args.loss * 100:.1f} % loss "
+              f"each way; {args.viewers} viewers in B for {args.seconds:.0f} s; logs in {sites.run_dir}"
+              f"{'' if args.keep else ' (removed at the end unless it fails; --keep keeps them)'}", flush=True)
+        redis = sites.start_redis("a")
+        a = sites.start_node("a", redis_url=redis.url, wait=False, source_dir=args.server_src)
+        b = sites.start_node("b", redis_url=redis.url, wait=False, source_dir=args.server_src)
+        token = sites.token(ROOM, publish=True, subscribe=True)
+        common = ["--room", ROOM, "--token", token]
+        # The publisher builds its clip (~6 s) while the nodes start.
+        publisher = sites.a.python("bench.latency_peer", "publish", "--url", a.url, "--host", sites.a.addr,
+                                   *common, name="publisher")
+        a.wait_ready()
+        b.wait_ready()
+        publisher.wait_json("publishing", timeout=120)
+        time.sleep(1.0)  # the tracks reach the directory
+        viewers = sites.b.python("bench.latency_peer", "view", "--url", b.url, "--host", sites.b.addr, *common,
+                                 "--viewers", str(args.viewers), "--settle", str(args.settle),
+                                 "--seconds", str(args.seconds), name="viewers")
+        seen = viewers.result(timeout=args.settle + args.seconds + 90)
+        publisher.stop()
+        sent = publisher.last_json() or {}
+        b.stop()  # and its delay relay, which writes its final counts
+        a.stop()
+        relay = b.delay_stats() or {}
+        counters = sites.counters()
+        path = {
+            "run_id": sites.run_id, "sites": {name: site.addr for name, site in sites.sites.items()},
+            "path_forward": relay.get("forward", {}).get("sent", 0), "path_back": relay.get("back", {}).get("sent", 0),
+            "path_datagrams": relay.get("forward", {}).get("sent", 0) + relay.get("back", {}).get("sent", 0),
+            "path_dropped": counters["a"]["loss_drops"] + counters["b"]["loss_drops"],
+            "path_dropped_a_to_b": counters["b"]["loss_drops"], "path_dropped_b_to_a": counters["a"]["loss_drops"],
+            "veth_a_to_b_packets": counters["b"]["rx_packets"], "veth_b_to_a_packets": counters["a"]["rx_packets"],
+            "relay_late_us": relay.get("late_us"), "publisher_packets_sent": sent.get("packets_sent"),
+        }
+    return summarize(args, seen, path)
+
+
+# --- loopback -----------------------------------------------------------------------------
+
+
+async def run_loopback(args: argparse.Namespace) -> dict[str, Any]:
+    from .clip import build_clip
+
     run_dir = Path(tempfile.mkdtemp(prefix="latency-bench-"))
     redis = RedisServer(run_dir)
     certs = write_cluster_certs(run_dir / "certs", ["a", "b"])
     quic_a, quic_b, path_port = free_udp_port(), free_udp_port(), free_udp_port()
-    a = Node("a", run_dir, redis.url, certs, run_dir / "certs" / "ca.pem", quic_a)
-    # B is dialled by A through the path relay: B advertises the relay's port.
-    b = Node("b", run_dir, redis.url, certs, run_dir / "certs" / "ca.pem", quic_b, quic_public_port=path_port)
-    delay_s = args.delay_ms / 1000
-    path = await start_path(path_port, ("127.0.0.1", quic_b), delay_s, args.loss)
-    print(f"two nodes, QUIC relay path {args.delay_ms:.0f} ms one way, {args.loss * 100:.1f} % loss each way; "
-          f"{args.viewers} viewers on B for {args.seconds:.0f} s; logs in {run_dir}", flush=True)
+    a = Node("a", run_dir, redis.url, certs, run_dir / "certs" / "ca.pem", quic_a, source_dir=args.server_src)
+    # B is dialled by A through the delay relay: B advertises the relay's port.
+    b = Node("b", run_dir, redis.url, certs, run_dir / "certs" / "ca.pem", quic_b, quic_public_port=path_port,
+             source_dir=args.server_src)
+    stats_path = run_dir / "delay-relay.json"
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "bench.delay_relay", "--listen", f"127.0.0.1:{path_port}",
+         "--target", f"127.0.0.1:{quic_b}", "--delay-ms", str(args.delay_ms), "--loss", str(args.loss),
+         "--seed", "7", "--stats", str(stats_path), *(["--realtime"] if os.geteuid() == 0 else [])],
+        stdout=subprocess.DEVNULL, stderr=open(run_dir / "delay-relay.log", "wb"),
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+                                                                       os.environ.get("PYTHONPATH")]))))
+    print(f"two nodes on loopback, QUIC relay path {args.delay_ms:.0f} ms one way, {args.loss * 100:.1f} % loss "
+          f"each way; {args.viewers} viewers on B for {args.seconds:.0f} s; logs in {run_dir}", flush=True)
     clip = build_clip()
     publisher = viewers = None
     try:
@@ -165,17 +227,11 @@ async def run(args: argparse.Namespace) -> dict:
         await viewers.start()
         await viewers.add_viewers(args.viewers)
         await asyncio.sleep(args.settle)
-        for v in viewers.viewers:
-            v.audio_latency_ns.clear()
-            v.audio_max_gap_ns = 0
-            v.audio_last_ns = 0
-        viewers.latency_ns.clear()
+        window = Window(viewers)
+        window.start()
         await asyncio.sleep(args.seconds)
-        audio = [ns / 1e6 - args.delay_ms for v in viewers.viewers for ns in v.audio_latency_ns]
-        every = [ns / 1e6 - args.delay_ms for ns in viewers.latency_ns]
-        gaps = [v.audio_max_gap_ns / 1e6 for v in viewers.viewers if v.audio_max_gap_ns]
-        lost = sum(v.lost for v in viewers.viewers)
-        received = sum(v.audio + v.video for v in viewers.viewers)
+        seen = window.result()
+        sent = publisher.publisher.packets_sent() if publisher.publisher is not None else None
     finally:
         for gen in (viewers, publisher):
             if gen is not None:
@@ -183,41 +239,52 @@ async def run(args: argparse.Namespace) -> dict:
         await b.stop()
         await a.stop()
         redis.stop()
-        if path.transport is not None:
-            path.transport.close()
-        if path.upstream is not None:
-            path.upstream.close()
-    result = {
-        "path_delay_ms": args.delay_ms, "path_loss": args.loss, "viewers": args.viewers, "seconds": args.seconds,
-        "added_p50_ms": pct(audio, 0.5), "added_p99_ms": pct(audio, 0.99),
-        "video_added_p50_ms": pct([x for x in every], 0.5), "video_added_p99_ms": pct(every, 0.99),
-        "max_gap_ms": round(max(gaps), 1) if gaps else None, "audio_samples": len(audio),
-        "loss_after_repair": round(lost / max(1, lost + received), 5),
-        "path_datagrams": path.carried, "path_dropped": path.dropped,
-    }
-    print(f"audio added latency p50 {result['added_p50_ms']} ms, p99 {result['added_p99_ms']} ms "
-          f"({len(audio)} samples); all packets p50 {result['video_added_p50_ms']} / p99 "
-          f"{result['video_added_p99_ms']} ms; longest audio gap {result['max_gap_ms']} ms; "
-          f"loss seen by viewers {result['loss_after_repair'] * 100:.2f} %", flush=True)
+        relay.terminate()
+        try:
+            relay.wait(10)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    forward, back = stats.get("forward", {}), stats.get("back", {})
+    path = {"path_forward": forward.get("sent", 0), "path_back": back.get("sent", 0),
+            "path_datagrams": forward.get("sent", 0) + back.get("sent", 0),
+            "path_dropped": forward.get("dropped", 0) + back.get("dropped", 0),
+            "path_dropped_a_to_b": forward.get("dropped", 0), "path_dropped_b_to_a": back.get("dropped", 0),
+            "relay_late_us": stats.get("late_us"), "publisher_packets_sent": sent}
     if not args.keep:
         shutil.rmtree(run_dir, ignore_errors=True)
-    return result
+    return summarize(args, seen, path)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short window (about a minute in all)")
+    parser.add_argument("--quick", action="store_true", help="a short window (under a minute in all)")
     parser.add_argument("--delay-ms", type=float, default=30.0, help="one-way path delay between the sites")
     parser.add_argument("--loss", type=float, default=0.01, help="random loss each way on the path")
     parser.add_argument("--viewers", type=int, default=4)
-    parser.add_argument("--seconds", type=float)
-    parser.add_argument("--settle", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, help="the measurement window (default 20 with --quick, else 60)")
+    parser.add_argument("--settle", type=float, default=3.0, help="after the viewers joined, before the window")
+    parser.add_argument("--loopback", action="store_true",
+                        help="both nodes on 127.0.0.1 in this namespace, peers in this process (no root)")
+    parser.add_argument("--server-src", metavar="DIR",
+                        help="run the nodes from the sfu package in DIR (a snapshot of a commit, extension built)")
     parser.add_argument("--keep", action="store_true", help="keep the logs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.seconds = args.seconds or (20.0 if args.quick else 60.0)
-    result = asyncio.run(run(args))
+    if args.loopback:
+        result = asyncio.run(run_loopback(args))
+    else:
+        if os.geteuid() != 0:
+            parser.error("the two-namespace run needs root (or use --loopback)")
+        result = run_netns(args)
     print(json.dumps(result), flush=True)
+    return result
+
+
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the harness's teardown
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     main()

@@ -661,7 +661,7 @@ class Viewer(RawPeer):
                     self._inspect(bytes(buf[:n]), pt == vpt, seq, arrival_ns, latency_ns)
                     watch = self.watch_keyframe
                     if arrival_ns:
-                        countdown = self.sample_every
+                        countdown = self.sample_every - 1  # the next sample is packet sample_every from here
         finally:
             self._next_video, self._next_audio = next_video, next_audio
             self._countdown = countdown

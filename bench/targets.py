@@ -117,10 +117,14 @@ class Target(abc.ABC):
 class WhipWhepTarget(Target):
     """Any server with WHIP/WHEP at ``base_url``; subclasses also run the server process."""
 
-    def __init__(self, base_url: str, *, concurrency: int = 32, subscribe_query: str = "") -> None:
+    def __init__(self, base_url: str, *, concurrency: int = 32, subscribe_query: str = "",
+                 token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.concurrency = concurrency
         self.subscribe_query = subscribe_query  # e.g. "layer=l": appended to every WHEP POST
+        # A bearer token for every WHIP/WHEP request (a server outside --dev; one token
+        # granting publish and subscribe on the room, or the admin token, does for all).
+        self.auth_headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -139,7 +143,7 @@ class WhipWhepTarget(Target):
         deadline = time.monotonic() + retry_409_s
         while True:
             async with self._http.post(self.base_url + path, data=local.offer(),
-                                       headers={"Content-Type": "application/sdp"}) as r:
+                                       headers={"Content-Type": "application/sdp", **self.auth_headers}) as r:
                 text = await r.text()
                 if r.status == 201:
                     location = r.headers.get("Location", "")
@@ -162,7 +166,7 @@ class WhipWhepTarget(Target):
         if self._http is None or not remote.location:
             return
         try:
-            async with self._http.delete(remote.location) as r:
+            async with self._http.delete(remote.location, headers=self.auth_headers) as r:
                 await r.read()
         except (aiohttp.ClientError, asyncio.TimeoutError):
             pass

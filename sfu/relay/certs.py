@@ -43,18 +43,25 @@ def write_cluster_certs(directory: Path, nodes: list[str]) -> dict[str, tuple[Pa
     ca_key_path = directory / "ca.key"
     ca_key_path.write_bytes(_pem_key(ca_key))
     ca_key_path.chmod(0o600)
-    out = {}
-    for node in nodes:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (x509.CertificateBuilder().subject_name(_name(f"{SERVER_NAME} {node}")).issuer_name(ca.subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False)
-                .sign(ca_key, hashes.SHA256()))
-        cert_path, key_path = directory / f"{node}.pem", directory / f"{node}.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(_pem_key(key))
-        key_path.chmod(0o600)
-        out[node] = (cert_path, key_path)
-    return out
+    return {node: add_node_cert(directory, node) for node in nodes}
+
+
+def add_node_cert(directory: Path, node: str) -> tuple[Path, Path]:
+    """One more node's certificate and key, signed by the CA ``write_cluster_certs`` left in
+    ``directory`` (a node joining the cluster later)."""
+    ca = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(_name(f"{SERVER_NAME} {node}")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_path, key_path = directory / f"{node}.pem", directory / f"{node}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(_pem_key(key))
+    key_path.chmod(0o600)
+    return cert_path, key_path

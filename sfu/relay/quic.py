@@ -39,7 +39,7 @@ class QuicRelay(Relay):
 
     async def open(self) -> None:
         await self.shards[self.local_shard].request(control.OpenRelay(
-            relay_id=QUIC_RELAY, peer_host="127.0.0.1", peer_port=self.quic_process.rtc_port))
+            relay_id=QUIC_RELAY, peer_host=self.quic_process.host, peer_port=self.quic_process.rtc_port))
         await call_node(self.remote_url, "/internal/quic/open", {"shard": self.remote_shard}, self.token)
 
     async def carry(self, producer: "ProducerInfo", destination: int) -> str:

@@ -1,0 +1,88 @@
+"""The cross-site latency bench, briefly, in two network namespaces: what happened, not how fast.
+
+Runs ``python -m bench.latency`` (two namespaces joined by a veth, a node in each, Redis in
+A, the QUIC relay between them through the delay relay, 5 % loss each way by iptables; the
+publisher in A, viewers in B) for a few seconds and checks its last line: the JSON parses
+with the promised keys, viewers in B received audio (with latency samples), the media
+crossed the veth both ways through the delay relay, the loss rules dropped datagrams both
+ways, and afterwards nothing of the run is left (namespaces, veths, iptables rules,
+processes). Timing is the benchmark's business (bench/README.md), not this test's.
+
+``BENCH_SERVER_SRC=DIR`` runs the nodes from another checkout's ``sfu`` (``--server-src``),
+for a machine where the working tree's server is being edited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.netsites import leftovers  # noqa: E402
+
+KEYS = ("added_p50_ms", "added_p99_ms", "max_gap_ms", "path_delay_ms", "path_loss", "viewers", "seconds",
+        "video_added_p50_ms", "video_added_p99_ms", "audio_samples", "loss_after_repair", "path_datagrams",
+        "path_dropped")
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{entry.name}: {cmdline[:200]}")
+    return found
+
+
+@pytest.mark.timeout(240)
+def test_latency_bench_two_namespaces() -> None:
+    assert os.geteuid() == 0, "the two-site bench needs root (ip netns, veth, iptables)"
+    argv = [sys.executable, "-m", "bench.latency", "--seconds", "4", "--settle", "1", "--viewers", "2",
+            "--loss", "0.05"]
+    if os.environ.get("BENCH_SERVER_SRC"):
+        argv += ["--server-src", os.environ["BENCH_SERVER_SRC"]]
+    run = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=200)
+    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
+    last = json.loads(run.stdout.strip().splitlines()[-1])
+
+    for key in KEYS:
+        assert key in last, key
+    assert last["mode"] == "netns"
+    assert last["path_delay_ms"] == 30.0 and last["path_loss"] == 0.05
+
+    # Viewers in B got the publisher's audio from A, stamps and all.
+    assert last["viewers_with_audio"] == 2
+    assert last["audio_received"] > 0 and last["audio_samples"] > 0
+    assert isinstance(last["added_p50_ms"], float) and isinstance(last["added_p99_ms"], float)
+    assert last["decrypt_failures"] == 0 and last["misordered"] == 0
+
+    # The media crossed the veth, through the delay relay, both ways (media A->B; QUIC
+    # acknowledgements and the viewers' feedback B->A), and the veth saw at least that.
+    assert last["path_forward"] > 0 and last["path_back"] > 0
+    assert last["veth_a_to_b_packets"] >= last["path_forward"] + last["path_dropped_a_to_b"]
+    assert last["veth_b_to_a_packets"] >= last["path_back"] + last["path_dropped_b_to_a"]
+    assert last["relay_late_us"]["n"] == last["path_datagrams"]
+
+    # The configured loss dropped datagrams in each direction.
+    assert last["path_dropped_a_to_b"] > 0 and last["path_dropped_b_to_a"] > 0
+    assert last["path_dropped"] == last["path_dropped_a_to_b"] + last["path_dropped_b_to_a"]
+
+    # Nothing of the run is left: namespaces, interfaces, iptables rules, processes.
+    run_id = last["run_id"]
+    assert leftovers(run_id) == []
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert run_id not in names
+    assert _processes_mentioning(f"netsites-{run_id}-") == []
