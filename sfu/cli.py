@@ -47,6 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
         "redis_url": args.redis_url,
         "node_id": args.node_id,
         "public_url": args.public_url,
+        "performance_rooms": args.performance_rooms,
     }
     config = load_config(cli, config_path=args.config)
     if not config.node_id:
@@ -144,6 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis-url", metavar="URL", help="cluster directory (default: in memory, one node)")
     serve.add_argument("--node-id", metavar="ID", help="this node's name in the cluster (default host:port)")
     serve.add_argument("--public-url", metavar="URL", help="how other nodes reach this node's HTTP")
+    serve.add_argument("--performance-rooms", metavar="PATTERNS",
+                       help='co-performance rooms, e.g. "choir-*,band-*" (performers at every node)')
 
     record = commands.add_parser(
         "record", help="run a recorder process (sfu serve starts one itself when a room is recorded)")

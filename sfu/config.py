@@ -72,6 +72,11 @@ class Config:
     relay_cert: str = ""  # PEM files: this node's relay certificate and key, the cluster CA
     relay_key: str = ""
     relay_ca: str = ""
+    # Co-performance rooms (names matching any of these comma-separated shell patterns,
+    # e.g. "choir-*,band-*"): performers publish at whichever node they reach, tracks are
+    # relayed between nodes both ways, audio asks for RED, and the room page shows each
+    # participant's estimated one-way delay.
+    performance_rooms: str = ""
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Config))

@@ -13,7 +13,7 @@ import aiohttp
 import aioice.ice
 import numpy as np
 from aiortc import (
-    MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription,
+    MediaStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription,
     VideoStreamTrack,
 )
 from aiortc.mediastreams import MediaStreamError
@@ -27,7 +27,12 @@ VIDEO_WIDTH, VIDEO_HEIGHT = 320, 240
 
 
 def new_peer_connection() -> RTCPeerConnection:
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    """No ICE servers (nothing leaves the machine), and max-bundle: with aiortc's default
+    ("balanced") an offer with audio and several video m-lines starts one transport per
+    kind, and its receivers stay registered on the video one after our BUNDLE answer
+    moves everything to the first: packets of every video m-line then go to one decoder
+    (or none). The server bundles everything anyway."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
 
 
 class MovingSquareTrack(VideoStreamTrack):
@@ -163,6 +168,7 @@ class Viewer:
     room: str = ""
     video: bool = True
     frames_by_pc: dict[int, int] = field(default_factory=dict)  # id(pc) -> video frames it decoded
+    frames_by_track: dict[int, int] = field(default_factory=dict)  # id(receiver track) -> frames, both kinds
 
     @property
     def video_frames(self) -> int:
@@ -196,6 +202,7 @@ class Viewer:
             try:
                 while True:
                     frame = await track.recv()
+                    self.frames_by_track[id(track)] = self.frames_by_track.get(id(track), 0) + 1
                     if track.kind == "video":
                         self.frame_sizes.append((frame.width, frame.height))
                         self.frame_times.append(time.monotonic())
@@ -527,6 +534,12 @@ class RoomClient:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
         self.pcs.append(pc)
         return reply
+
+    def frames_by_mid(self, pc: RTCPeerConnection) -> dict[str, int]:
+        """Frames decoded per m-line of one of this participant's subscriptions."""
+        assert self.viewer is not None
+        return {t.mid: self.viewer.frames_by_track.get(id(t.receiver.track), 0)
+                for t in pc.getTransceivers() if t.mid is not None}
 
     async def wait_event(self, kind: str, timeout_s: float = 10.0, **match: object) -> dict:
         deadline = time.monotonic() + timeout_s

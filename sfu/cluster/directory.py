@@ -78,6 +78,16 @@ class Directory(abc.ABC):
     async def tracks(self, room: str) -> dict[str, dict[str, Any]]:
         """The room's producers on nodes that are up (each description names its node)."""
 
+    @abc.abstractmethod
+    async def set_presence(self, room: str, node_id: str, people: dict[str, dict[str, Any]]) -> None:
+        """The room's participants at ``node_id`` (id -> name, access delay...), replacing
+        what that node said before; ``{}`` removes them. Co-performance rooms span nodes:
+        each node learns the others' participants from here."""
+
+    @abc.abstractmethod
+    async def presence(self, room: str) -> dict[str, dict[str, Any]]:
+        """The room's participants on nodes that are up (each description names its node)."""
+
     async def close(self) -> None:
         pass
 
@@ -91,6 +101,7 @@ class MemoryDirectory(Directory):
         self._nodes: dict[str, NodeRecord] = {}
         self._homes: dict[str, RoomHome] = {}
         self._tracks: dict[str, dict[str, dict[str, Any]]] = {}
+        self._presence: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}  # room -> node -> people
 
     def _up(self, node_id: str) -> bool:
         node = self._nodes.get(node_id)
@@ -133,3 +144,16 @@ class MemoryDirectory(Directory):
 
     async def tracks(self, room: str) -> dict[str, dict[str, Any]]:
         return {k: v for k, v in self._tracks.get(room, {}).items() if self._up(v["node"])}
+
+    async def set_presence(self, room: str, node_id: str, people: dict[str, dict[str, Any]]) -> None:
+        nodes = self._presence.setdefault(room, {})
+        if people:
+            nodes[node_id] = {k: dict(v) for k, v in people.items()}
+        else:
+            nodes.pop(node_id, None)
+            if not nodes:
+                del self._presence[room]
+
+    async def presence(self, room: str) -> dict[str, dict[str, Any]]:
+        return {k: {**v, "node": node} for node, people in self._presence.get(room, {}).items() if self._up(node)
+                for k, v in people.items()}

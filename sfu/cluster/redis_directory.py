@@ -3,7 +3,9 @@
 Keys (prefix ``sfu:``): ``node:<id>`` (JSON, expiring NODE_TTL_S after the last
 heartbeat), ``nodes`` (a set of ids, pruned as their keys expire), ``home:<room>``
 (``node shard``, claimed with a compare-and-set script that takes over a home
-whose node expired), ``tracks:<room>`` (a hash of producer id -> JSON).
+whose node expired), ``tracks:<room>`` (a hash of producer id -> JSON),
+``presence:<room>`` (a hash of node id -> JSON of its participants, expiring with
+the room's last update).
 """
 
 from __future__ import annotations
@@ -104,6 +106,24 @@ class RedisDirectory(Directory):
                 up[node] = await self._up(node)
             if up[node]:
                 out[producer_id] = track
+        return out
+
+    async def set_presence(self, room: str, node_id: str, people: dict[str, dict[str, Any]]) -> None:
+        key = self._key("presence", room)
+        if people:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, node_id, json.dumps(people))
+                pipe.pexpire(key, int(self.ttl_s * 1000) * 6)  # a room nobody updates goes away
+                await pipe.execute()
+        else:
+            await self.redis.hdel(key, node_id)
+
+    async def presence(self, room: str) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(self._key("presence", room))
+        out: dict[str, dict[str, Any]] = {}
+        for node, value in sorted(raw.items()):
+            if await self._up(node):
+                out.update({k: {**v, "node": node} for k, v in json.loads(value).items()})
         return out
 
     async def close(self) -> None:

@@ -52,18 +52,21 @@ class Copy:
             transport_id=relay_id, producer_id=self.id, kind=producer.kind, codec=codec.name, mid="",
             payload_type=codec.payload_type, clock_rate=codec.clock_rate,
             rtx_payload_type=codec.rtx_payload_type if self.rtx_ssrc else None, ssrc=self.ssrc,
-            rtx_ssrc=self.rtx_ssrc, extensions=RELAY_EXTENSIONS, rid=producer.rid)
+            rtx_ssrc=self.rtx_ssrc, extensions=RELAY_EXTENSIONS, rid=producer.rid,
+            red_payload_type=codec.red_payload_type)
 
 
 def relay_consume(relay_id: str, consumer_id: str, producer_id: str, codec: "Codec", ssrc: int,
-                  rtx_ssrc: int | None) -> control.Consume:
+                  rtx_ssrc: int | None, *, keep_red: bool = True) -> control.Consume:
     """A producer sent out on a relay transport (to another shard, node or the recorder)
-    in the SSRCs the far end expects, answering its NACKs."""
+    in the SSRCs the far end expects, answering its NACKs. RED audio crosses relays as
+    sent (``keep_red``); the recorder takes the primary only."""
     rtx = rtx_ssrc is not None and codec.rtx_payload_type is not None
     return control.Consume(
         transport_id=relay_id, consumer_id=consumer_id, producer_id=producer_id, mid="",
         payload_type=codec.payload_type, ssrc=ssrc, rtx_payload_type=codec.rtx_payload_type if rtx else None,
-        rtx_ssrc=rtx_ssrc if rtx else None, extensions=RELAY_EXTENSIONS, nack=True)
+        rtx_ssrc=rtx_ssrc if rtx else None, extensions=RELAY_EXTENSIONS, nack=True,
+        red_payload_type=codec.red_payload_type if keep_red else None)
 
 
 class Relay(abc.ABC):

@@ -19,6 +19,7 @@ from .admin import AdminApi
 from .events import EventStreams
 from .last_n import LastN
 from .metrics import ShardCollector
+from .performance import Performance
 from .placement import ShardState, place_publisher, place_viewer
 from .recordings import Recordings
 from .relays import Relays
@@ -50,6 +51,7 @@ class Signalling:
         self.last_n = LastN(self)
         self.recordings = Recordings(self)
         self.cluster = ClusterNode(self)
+        self.performance = Performance(self)
         self._background: set[asyncio.Task[Any]] = set()
 
     def _new_shard(self, shard_id: int) -> ShardProcess:
@@ -64,8 +66,10 @@ class Signalling:
         for shard_id in range(len(self.shards)):
             self.supervisor.watch(shard_id)
         await self.cluster.start()
+        self.performance.start()
 
     async def stop_shards(self) -> None:
+        await self.performance.stop()
         await self.cluster.stop()
         await self.recordings.stop_all()
         self._lag_task.cancel()
@@ -217,6 +221,11 @@ class Signalling:
                 self.forget_session(session, body.reason)
         elif isinstance(body, control.AudioLevels):
             self._on_audio_levels(body.levels)
+        elif isinstance(body, control.RoundTrips):
+            for transport_id, rtt_ms in body.rtts:
+                session = self.rooms.sessions.get(transport_id)
+                if session is not None:
+                    session.rtt_ms = rtt_ms
         elif isinstance(body, control.Draining):
             self.supervisor.start_drain(shard_id, "shard got SIGTERM")
 

@@ -46,7 +46,9 @@ class QuicRelayProcess(ChildProcess):
 
     def arguments(self) -> list[str]:
         c = self.config
-        return ["sfu.relay.quic_main", "--quic-host", self.host, "--quic-port", str(c.quic_port),
+        # Shards bind rtc_host only: the relay process meets them there (not on loopback).
+        return ["sfu.relay.quic_main", "--quic-host", self.host, "--local-host", self.host,
+                "--quic-port", str(c.quic_port),
                 "--cert", c.relay_cert, "--key", c.relay_key, "--ca", c.relay_ca, "--log-level", c.log_level,
                 "--log-levels", c.log_levels, "--node-id", c.node_id]
 
@@ -54,7 +56,7 @@ class QuicRelayProcess(ChildProcess):
 def _codec_json(codec: Codec) -> dict[str, Any]:
     return {"name": codec.name, "payload_type": codec.payload_type, "clock_rate": codec.clock_rate,
             "channels": codec.channels, "fmtp": codec.fmtp, "rtcp_fb": list(codec.rtcp_fb),
-            "rtx_payload_type": codec.rtx_payload_type}
+            "rtx_payload_type": codec.rtx_payload_type, "red_payload_type": codec.red_payload_type}
 
 
 class ClusterNode:
@@ -151,7 +153,8 @@ class ClusterNode:
     async def published(self, session: Session) -> None:
         await self.directory.publish_tracks(session.room, self.id, {p.id: {
             "kind": p.kind, "codec": _codec_json(p.codec), "cname": p.cname, "stream_id": p.stream_id,
-            "track_id": p.track_id, "rid": p.rid, "shard": p.shard} for p in session.producers})
+            "track_id": p.track_id, "rid": p.rid, "shard": p.shard, "participant": session.participant}
+            for p in session.producers})
 
     async def unpublished(self, session: Session) -> None:
         await self.directory.unpublish_tracks(session.room, [p.id for p in session.producers])
@@ -170,9 +173,9 @@ class ClusterNode:
                 id=producer_id, kind=t["kind"], codec=Codec(
                     name=c["name"], payload_type=c["payload_type"], clock_rate=c["clock_rate"],
                     channels=c.get("channels", 1), fmtp=c.get("fmtp", ""), rtcp_fb=tuple(c.get("rtcp_fb", ())),
-                    rtx_payload_type=c.get("rtx_payload_type")),
+                    rtx_payload_type=c.get("rtx_payload_type"), red_payload_type=c.get("red_payload_type")),
                 cname=t["cname"], stream_id=t["stream_id"], track_id=t["track_id"], rid=t["rid"], room=room,
-                shard=t["shard"], node=t["node"]))
+                shard=t["shard"], node=t["node"], participant=t.get("participant", "")))
         return out
 
     async def link(self, producer: ProducerInfo, shard: int) -> NodeRelay | QuicRelay:
@@ -200,6 +203,8 @@ class ClusterNode:
     async def _check_remote_tracks(self) -> None:
         """End our copies of tracks whose node unpublished them or went away."""
         for room in list(self.s.rooms.rooms.values()):
+            if self.s.performance.follows(room.name):
+                continue  # followed every second, with room events (performance.py)
             remote = [p for p in room.remote_producers if p.copies]
             if not remote:
                 continue
@@ -300,7 +305,7 @@ class ClusterNode:
         quic = self._quic()
         try:
             await self._shard(body["shard"]).request(control.OpenRelay(
-                relay_id=QUIC_RELAY, peer_host="127.0.0.1", peer_port=quic.rtc_port))
+                relay_id=QUIC_RELAY, peer_host=quic.host, peer_port=quic.rtc_port))
         except control.ControlError as exc:
             raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
         return web.json_response({"ok": True})

@@ -31,6 +31,7 @@ class TrackInfo:
     send_rtx_ssrc: int | None
     cname: str
     msid: str  # "streamid trackid"
+    red: bool = False  # the publisher sends RFC 2198 redundancy (a co-performance room's audio)
 
 
 def _without_transport_cc(answer: MediaAnswer) -> MediaAnswer:
@@ -75,8 +76,17 @@ def _idle(m: MediaOffer) -> MediaAnswer:
     codecs = [c for c in m.codecs if c.name in _PREFERENCE.get(m.kind, ())]
     if not _usable(m) or not codecs:
         return _reject(m)
-    return MediaAnswer(offer=m, direction="inactive", codec=replace(codecs[0], rtx_payload_type=None),
-                       extensions=dict(m.extensions))
+    codec = replace(codecs[0], rtx_payload_type=None, red_payload_type=None)
+    return MediaAnswer(offer=m, direction="inactive", codec=codec, extensions=dict(m.extensions))
+
+
+def _with_red(codec: Codec, allowed: bool) -> Codec:
+    """Keep an offered RED wrapping only where it carries something: a publisher in a
+    co-performance room (the answer then asks it to send RED), or a viewer of a RED track
+    (it gets RED as sent; without it the shard strips packets to their primary)."""
+    if codec.red_payload_type is not None and not allowed:
+        return replace(codec, red_payload_type=None)
+    return codec
 
 
 def _with_rtx_if_nack(codec: Codec, allowed: bool = True) -> Codec:
@@ -101,17 +111,19 @@ def _simulcast_rids(m: MediaOffer) -> list[str]:
     return m.rids[:MAX_SIMULCAST_LAYERS]
 
 
-def answer_publish(offer: Offer) -> list[MediaAnswer]:
+def answer_publish(offer: Offer, *, red: bool = False) -> list[MediaAnswer]:
     """Receive every audio/video m-line the publisher sends, with its first supported codec.
 
     The publisher's offer order is its preference, so we take the first codec
-    we support rather than imposing ours.
+    we support rather than imposing ours. ``red``: ask for RFC 2198 redundant audio
+    where offered (co-performance rooms: a lost packet is repaired by the next one,
+    with no retransmission round trip).
     """
     answers: list[MediaAnswer] = []
     for m in offer.media:
         codecs = [c for c in m.codecs if c.name in _PREFERENCE.get(m.kind, ())]
         if _usable(m) and m.direction in ("sendonly", "sendrecv") and codecs:
-            answer = MediaAnswer(offer=m, direction="recvonly", codec=_with_rtx_if_nack(codecs[0]),
+            answer = MediaAnswer(offer=m, direction="recvonly", codec=_with_red(_with_rtx_if_nack(codecs[0]), red),
                                  extensions=dict(m.extensions), recv_rids=_simulcast_rids(m))
         else:
             answer = _idle(m)
@@ -160,7 +172,7 @@ def answer_subscribe(
             continue
         track, codec = found
         waiting.remove(track)
-        codec = _with_rtx_if_nack(codec, allowed=track.send_rtx_ssrc is not None)
+        codec = _with_red(_with_rtx_if_nack(codec, allowed=track.send_rtx_ssrc is not None), track.red)
         answers.append(MediaAnswer(
             offer=m,
             direction="sendonly",

@@ -192,7 +192,7 @@ class Recordings:
             copy = Copy.of(producer)
             consumer_id = f"{RECORDER_RELAY}/{recording.id}/{producer.id}"
             await shard.request(relay_consume(RECORDER_RELAY, consumer_id, producer.id, codec, copy.ssrc,
-                                              copy.rtx_ssrc))
+                                              copy.rtx_ssrc, keep_red=False))
             consumers.append(consumer_id)
             tracks.append(control.RecordTrack(ssrc=copy.ssrc, kind=producer.kind, codec=codec.name,
                                               payload_type=codec.payload_type, clock_rate=codec.clock_rate,

@@ -26,7 +26,7 @@ from .sessions import JoinError, Redirect, Subscription
 
 if TYPE_CHECKING:
     from .app import Signalling
-    from .rooms import Session
+    from .rooms import ProducerInfo, Session
 
 log = get_logger("sfu.signalling.room_api")
 
@@ -74,16 +74,16 @@ class RoomApi:
     def broadcast(self, room: str, event: dict[str, Any], *, exclude: str = "") -> None:
         for participant in list(self.rooms.get(room, {}).values()):
             if participant.id != exclude:
-                self._send(participant, event)
+                self.send(participant, event)
 
     def to_session(self, session_id: str, event: dict[str, Any]) -> bool:
         participant = self.by_session.get(session_id)
         if participant is None:
             return False
-        self._send(participant, event)
+        self.send(participant, event)
         return True
 
-    def _send(self, participant: Participant, message: dict[str, Any]) -> None:
+    def send(self, participant: Participant, message: dict[str, Any]) -> None:
         try:
             participant.queue.put_nowait(message)
         except asyncio.QueueFull:
@@ -112,7 +112,7 @@ class RoomApi:
         if participant is None:
             return
         participant.sessions.pop(session.id, None)
-        self._send(participant, {"type": "reconnect" if reconnect else "session_ended", "session": session.id,
+        self.send(participant, {"type": "reconnect" if reconnect else "session_ended", "session": session.id,
                                  "reason": reason})
 
     def session_reconnect(self, session: "Session", reason: str) -> bool:
@@ -146,7 +146,7 @@ class RoomApi:
                                     "reason": exc.reason})
                 return ws
             writer = asyncio.get_running_loop().create_task(self._writer(participant))
-            self._send(participant, self._joined(participant, message))
+            self.send(participant, self._joined(participant, message))
             self.broadcast(room, {"type": "participant_joined", "participant": participant.json()},
                            exclude=participant.id)
             async for raw in ws:
@@ -161,7 +161,7 @@ class RoomApi:
                     reply = {"type": "error", "status": 500, "reason": "internal error"}
                 if "id" in message:
                     reply["id"] = message["id"]
-                self._send(participant, reply)
+                self.send(participant, reply)
                 if reply.get("type") == "left":
                     break
         finally:
@@ -259,6 +259,9 @@ class RoomApi:
     def _joined(self, participant: Participant, message: dict[str, Any]) -> dict[str, Any]:
         room = participant.room
         others = [p.json() for p in self.rooms.get(room, {}).values() if p.id != participant.id]
+        # In a co-performance room, those at other nodes too.
+        others += [{"id": pid, "name": d.get("name", ""), "node": d["node"]}
+                   for pid, d in self.s.performance.remote_people.get(room, {}).items()]
         recording = self.s.recordings.active.get(room)
         reply = {"type": "joined", "participant": participant.id, "room": room, "participants": others,
                  "tracks": self.tracks(room), "speaker": self._speaker(room),
@@ -267,13 +270,21 @@ class RoomApi:
             reply["id"] = message["id"]
         return reply
 
-    def tracks(self, room: str) -> list[dict[str, Any]]:
+    def _published(self, room: str) -> list["ProducerInfo"]:
+        """The room's tracks a participant may subscribe to: here, and in a co-performance
+        room at other nodes too."""
         state = self.s.rooms.room(room)
+        if state is None:
+            return []
+        remote = list(self.s.performance.announced.get(room, {}).values())
+        return state.producers() + remote
+
+    def tracks(self, room: str) -> list[dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
-        for p in state.producers() if state is not None else []:
+        for p in self._published(room):
             track = out.setdefault(p.track_id or p.id, {
                 "track": p.track_id or p.id, "kind": p.kind, "codec": p.codec.name,
-                "participant": self.participant_of(p.stream_id), "layers": []})
+                "participant": p.participant or self.participant_of(p.stream_id), "layers": []})
             if p.rid:
                 track["layers"].append(p.rid)
         return list(out.values())
@@ -394,10 +405,11 @@ class RoomApi:
     def slots(self, session: "Session") -> dict[str, dict[str, Any]]:
         """Which track (and whose) each of a viewer's m-lines shows now."""
         out = {}
-        room = self.s.rooms.room(session.room)
-        owners = {p.track_id or p.id: p.stream_id for p in room.producers()} if room is not None else {}
+        owners = {p.track_id or p.id: p for p in self._published(session.room)}
         for kind, track, mid in session.slots.values():
-            out[mid] = {"kind": kind, "track": track, "participant": self.participant_of(owners.get(track, ""))}
+            owner = owners.get(track)
+            out[mid] = {"kind": kind, "track": track,
+                        "participant": owner.participant or self.participant_of(owner.stream_id) if owner else None}
         return out
 
     async def _leave(self, participant: Participant) -> None:

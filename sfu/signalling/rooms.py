@@ -27,6 +27,7 @@ class ProducerInfo:
     shard: int = 0  # where the publisher's packets arrive (a shard of ``node``)
     copies: dict[int, str] = field(default_factory=dict)  # our shard -> id of the relayed copy there
     node: str = ""  # "" = this node; else published on that node of the cluster
+    participant: str = ""  # the room API participant publishing it, when on another node
 
     def id_on(self, shard: int) -> str | None:
         """This producer's id on our ``shard``: itself at home, else its relayed copy, if any."""
@@ -53,6 +54,7 @@ class Session:
     last_n: int | None = None  # video of the N most recent speakers (a viewer's choice)
     # consumer id -> (kind, track id it shows, mid): what last-N moves between tracks
     slots: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    rtt_ms: float | None = None  # round trip to the peer from RTCP (co-performance rooms)
 
     @property
     def transport_id(self) -> str:

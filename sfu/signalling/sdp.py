@@ -82,6 +82,9 @@ class Codec:
     fmtp: str = ""  # fmtp parameters as offered, e.g. "minptime=10;useinbandfec=1"
     rtcp_fb: tuple[str, ...] = ()  # only SUPPORTED_FEEDBACK entries that were offered for this PT
     rtx_payload_type: int | None = None  # from a=fmtp:<rtx> apt=<pt>
+    # RFC 2198 redundancy wrapping this codec (opus only): a=rtpmap:<red> red/48000/2 with
+    # a=fmtp:<red> <pt>/<pt>. Offered, it is only kept where negotiation wants RED.
+    red_payload_type: int | None = None
 
 
 @dataclass
@@ -266,6 +269,13 @@ def _codecs(section: _Section, kind: str, formats: list[int]) -> tuple[list[Code
         apt = _fmtp_params(fmtp.get(pt, "")).get("apt", "")
         if name.lower() == "rtx" and re.fullmatch(r"[0-9]{1,3}", apt):
             rtx_for.setdefault(int(apt), pt)
+    red_for: dict[int, int] = {}  # primary PT -> first RED PT whose blocks are all that codec
+    for pt in formats:
+        name, clock, _ = rtpmap.get(pt, ("", 0, None))
+        blocks = fmtp.get(pt, "").split("/")
+        if name.lower() == "red" and kind == "audio" and all(re.fullmatch(r"[0-9]{1,3}", b) for b in blocks) \
+                and len(set(blocks)) == 1:
+            red_for.setdefault(int(blocks[0]), pt)
 
     codecs: list[Codec] = []
     offered: list[str] = []
@@ -289,7 +299,10 @@ def _codecs(section: _Section, kind: str, formats: list[int]) -> tuple[list[Code
         rtx = rtx_for.get(pt)
         if rtx is not None and rtpmap[rtx][1] != clock:
             rtx = None
-        codecs.append(Codec(spec[0], pt, clock, spec[3], fmtp.get(pt, ""), tuple(fbs), rtx))
+        red = red_for.get(pt) if spec[0] == "opus" else None
+        if red is not None and rtpmap[red][1] != clock:
+            red = None
+        codecs.append(Codec(spec[0], pt, clock, spec[3], fmtp.get(pt, ""), tuple(fbs), rtx, red))
     return codecs, offered
 
 
@@ -469,7 +482,12 @@ def answer_setup(offer_setup: str) -> str:
 def _codec_lines(codec: Codec) -> list[str]:
     pt = codec.payload_type
     rtpmap = f"{codec.name}/{codec.clock_rate}" + (f"/{codec.channels}" if codec.name == "opus" else "")
-    lines = [f"a=rtpmap:{pt} {rtpmap}"]
+    lines = []
+    if codec.red_payload_type is not None:
+        # Listed first: a publisher sends its first answered codec, so this asks for RED.
+        lines.append(f"a=rtpmap:{codec.red_payload_type} red/{codec.clock_rate}/{codec.channels}")
+        lines.append(f"a=fmtp:{codec.red_payload_type} {pt}/{pt}")
+    lines.append(f"a=rtpmap:{pt} {rtpmap}")
     lines += [f"a=rtcp-fb:{pt} {fb}" for fb in codec.rtcp_fb if fb in SUPPORTED_FEEDBACK]
     if codec.fmtp:
         lines.append(f"a=fmtp:{pt} {codec.fmtp}")
@@ -547,7 +565,8 @@ def build_answer(offer: Offer, media: list[MediaAnswer], *, ice_ufrag: str, ice_
             raise ValueError(f"cannot answer {m.direction} with {answer.direction} on m-line #{m.index}")
         if codec.payload_type not in [c.payload_type for c in m.codecs]:
             raise ValueError(f"codec {codec.name}/{codec.payload_type} was not offered on m-line #{m.index}")
-        pts = [codec.payload_type] + ([codec.rtx_payload_type] if codec.rtx_payload_type is not None else [])
+        pts = ([codec.red_payload_type] if codec.red_payload_type is not None else []) + [codec.payload_type] \
+            + ([codec.rtx_payload_type] if codec.rtx_payload_type is not None else [])
         lines += [
             f"m={m.kind} 9 {PROFILE} {' '.join(map(str, pts))}",
             "c=IN IP4 0.0.0.0",

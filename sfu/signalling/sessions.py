@@ -104,6 +104,8 @@ class Sessions:
 
     async def _create_transport(self, room: str, kind: str, offer: Offer, shard_id: int,
                                 participant: str) -> Session:
+        """The session's WebRTC transport on the shard; in a co-performance room the shard
+        reports its round-trip time (the participant's delay estimate)."""
         ufrag, pwd = _ice_credentials()
         session = Session(id=secrets.token_urlsafe(16), kind=kind, room=room, shard=shard_id,
                           local_ufrag=ufrag, local_pwd=pwd,
@@ -115,7 +117,7 @@ class Sessions:
             await self.s.shards[shard_id].request(control.CreateWebRtcTransport(
                 transport_id=session.id, room=room, peer_id=session.id, local_ufrag=ufrag, local_pwd=pwd,
                 remote_ufrag=offer.ice_ufrag, remote_pwd=offer.ice_pwd, dtls_role=role,
-                remote_fingerprint=offer.fingerprint,
+                remote_fingerprint=offer.fingerprint, report_rtt=self.s.performance.matches(room),
             ))
         except control.ControlError as exc:
             raise JoinError(503, f"shard unavailable: {exc}") from None
@@ -128,8 +130,10 @@ class Sessions:
             pass
 
     async def publish(self, room: str, offer: Offer, *, participant: str = "") -> tuple[Session, str]:
+        # A co-performance room has publishers at every site: each stays at its node.
+        performance = self.s.performance.matches(room)
         try:
-            media = answer_publish(offer)
+            media = answer_publish(offer, red=performance)
         except SdpError as exc:
             raise JoinError(exc.status, exc.reason) from None
         shard_id = self.s.place_room(room)
@@ -137,7 +141,7 @@ class Sessions:
             if self.s.cluster.clustered:
                 await self._redirect_to_home(room, "whip")
             raise JoinError(503, "no shard is available", RETRY_AFTER_S)
-        if self.s.cluster.clustered:
+        if self.s.cluster.clustered and not performance:
             home = await self.s.cluster.claim(room, shard_id)
             if home.node != self.s.cluster.id:
                 await self._redirect_to_home(room, "whip")
@@ -160,7 +164,7 @@ class Sessions:
                         mid=o.mid, payload_type=m.codec.payload_type, clock_rate=m.codec.clock_rate,
                         rtx_payload_type=m.codec.rtx_payload_type,
                         ssrc=None if rid else o.ssrc, rtx_ssrc=None if rid else o.rtx_ssrc,
-                        extensions=m.extensions, rid=rid,
+                        extensions=m.extensions, rid=rid, red_payload_type=m.codec.red_payload_type,
                     ))
                     session.producers.append(producer)
         except control.ControlError as exc:
@@ -229,7 +233,8 @@ class Sessions:
         if not self.s.shards and self.s.cluster.clustered:
             await self._redirect_to_home(room_name, "whep")  # a signalling-only replica
         local = self.s.rooms.room(room_name)
-        remote = [] if local is not None and local.producers() else await self._remote(room_name)
+        everywhere = self.s.performance.matches(room_name)  # publishers at several nodes
+        remote = [] if local is not None and local.producers() and not everywhere else await self._remote(room_name)
         published, producers = self._tracks_for(room_name, want, remote)
         if not producers:
             raise JoinError(409, f"nothing is published in room {room_name!r} yet", RETRY_AFTER_S)
@@ -237,7 +242,8 @@ class Sessions:
         for p in producers:
             track = TrackInfo(kind=p.kind, codec_name=p.codec.name, clock_rate=p.codec.clock_rate,
                               send_ssrc=_ssrc(), send_rtx_ssrc=_ssrc() if p.kind == "video" else None,
-                              cname=p.cname, msid=f"{p.stream_id} {p.track_id or p.id}")
+                              cname=p.cname, msid=f"{p.stream_id} {p.track_id or p.id}",
+                              red=p.codec.red_payload_type is not None)
             tracks.append(track)
             by_track[id(track)] = p
         if want.last_n is not None:
@@ -283,7 +289,7 @@ class Sessions:
                     mid=m.offer.mid, payload_type=codec.payload_type, ssrc=track.send_ssrc,
                     rtx_payload_type=codec.rtx_payload_type if nack else None,
                     rtx_ssrc=track.send_rtx_ssrc if nack and codec.rtx_payload_type is not None else None,
-                    extensions=m.extensions, nack=nack,
+                    extensions=m.extensions, nack=nack, red_payload_type=codec.red_payload_type,
                 ))
                 session.consumer_ids.append(consumer_id)
                 session.slots[consumer_id] = (chosen.kind, chosen.track_id or chosen.id, m.offer.mid)

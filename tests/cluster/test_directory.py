@@ -79,3 +79,21 @@ async def test_tracks_are_listed_while_their_node_is_up(directory):
     assert list(await directory.tracks("town")) == ["p1"]
     await asyncio.sleep(TTL_S * 1.2)
     assert await directory.tracks("town") == {}  # a stopped heartbeating
+
+
+async def test_presence_spans_nodes_and_ends_with_them(directory):
+    await directory.heartbeat(node("a"))
+    await directory.heartbeat(node("b"))
+    await directory.set_presence("choir", "a", {"p1": {"name": "alto", "access_ms": 4.0}})
+    await directory.set_presence("choir", "b", {"p2": {"name": "bass", "access_ms": None}})
+    assert await directory.presence("choir") == {
+        "p1": {"name": "alto", "access_ms": 4.0, "node": "a"}, "p2": {"name": "bass", "access_ms": None, "node": "b"}}
+    await directory.set_presence("choir", "a", {"p3": {"name": "tenor"}})  # replaces a's list
+    assert sorted(await directory.presence("choir")) == ["p2", "p3"]
+    await directory.set_presence("choir", "a", {})
+    assert list(await directory.presence("choir")) == ["p2"]
+    await asyncio.sleep(TTL_S * 0.6)
+    await directory.heartbeat(node("a"))
+    await asyncio.sleep(TTL_S * 0.6)
+    assert await directory.presence("choir") == {}  # b stopped heartbeating
+    assert await directory.presence("elsewhere") == {}

@@ -270,3 +270,41 @@ def test_publish_never_answers_transport_cc() -> None:
             assert EXT_TRANSPORT_CC not in a.extensions
             assert a.codec is None or "transport-cc" not in a.codec.rtcp_fb
         assert "transport-cc" not in _answer_text(offer, answers)
+
+
+# ---------------------------------------------------------------- RED (co-performance rooms)
+
+
+def test_chrome_audio_red_is_parsed_onto_opus() -> None:
+    audio = parse_offer(chrome()).media[0]
+    assert [(c.name, c.payload_type, c.red_payload_type) for c in audio.codecs][:1] == [("opus", 111, 63)]
+
+
+def test_publish_asks_for_red_only_when_wanted() -> None:
+    offer = parse_offer(chrome())
+    plain, _ = answer_publish(offer)
+    assert plain.codec.red_payload_type is None
+    assert "red/" not in _answer_text(offer, answer_publish(offer)).split("m=video")[0]
+    red, _ = answer_publish(offer, red=True)
+    assert red.codec.red_payload_type == 63 and red.codec.payload_type == 111
+    audio_text = _answer_text(offer, answer_publish(offer, red=True)).split("m=video")[0]
+    # RED first on the m-line and among the rtpmaps: the publisher sends its first codec.
+    assert " UDP/TLS/RTP/SAVPF 63 111\r\n" in audio_text
+    assert audio_text.index("a=rtpmap:63 red/48000/2") < audio_text.index("a=rtpmap:111 opus/48000/2")
+    assert "a=fmtp:63 111/111\r\n" in audio_text
+
+
+def test_subscribe_keeps_red_only_for_red_tracks() -> None:
+    offer = parse_offer(chrome("whep"))
+    red_opus = TrackInfo("audio", "opus", 48000, 3000, None, "sfu-cname", "room mic", red=True)
+    (audio, _), matches = answer_subscribe(offer, [red_opus])
+    assert audio.codec.red_payload_type == 63 and matches[0][2].red_payload_type == 63
+    (audio, _), _ = answer_subscribe(offer, [OPUS])
+    assert audio.codec.red_payload_type is None
+
+
+@pytest.mark.parametrize("fmtp", ["111/96", "111", "x/y", "111/111/111/7"])
+def test_red_of_another_or_mixed_codec_is_not_offered_red(fmtp: str) -> None:
+    text = chrome().replace("a=fmtp:63 111/111", f"a=fmtp:63 {fmtp}")
+    red = parse_offer(text).media[0].codecs[0].red_payload_type
+    assert red == (63 if fmtp in ("111",) else None)

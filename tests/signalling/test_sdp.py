@@ -68,7 +68,7 @@ def test_chrome_publish_offer() -> None:
     audio, video = offer.media
     assert (audio.mid, audio.kind, audio.direction, audio.rtcp_rsize) == ("0", "audio", "sendonly", True)
     # transport-cc is parsed; negotiation decides who gets it (viewers only).
-    assert audio.codecs == [Codec("opus", 111, 48000, 2, "minptime=10;useinbandfec=1", ("transport-cc",))]
+    assert audio.codecs == [Codec("opus", 111, 48000, 2, "minptime=10;useinbandfec=1", ("transport-cc",), None, 63)]
     assert audio.extensions == {EXT_AUDIO_LEVEL: 1, EXT_ABS_SEND_TIME: 2, EXT_MID: 4, EXT_TRANSPORT_CC: 3}
     assert (audio.ssrc, audio.rtx_ssrc, audio.cname) == (1811213004, None, "Zk8pQ2mV5xR9tL3w")
     assert audio.msid == "3f0c7a2e-6b4e-4b0a-9d43-2f5a8c1b7e10 9b1e4d2c-58a7-4f3e-a1c6-0d7e2b9f4a35"
