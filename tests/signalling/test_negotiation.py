@@ -292,6 +292,8 @@ def test_publish_asks_for_red_only_when_wanted() -> None:
     assert " UDP/TLS/RTP/SAVPF 63 111\r\n" in audio_text
     assert audio_text.index("a=rtpmap:63 red/48000/2") < audio_text.index("a=rtpmap:111 opus/48000/2")
     assert "a=fmtp:63 111/111\r\n" in audio_text
+    # Opus in-band FEC stays on: its repair data rides inside the payload we pass through.
+    assert "a=fmtp:111 minptime=10;useinbandfec=1\r\n" in audio_text
 
 
 def test_subscribe_keeps_red_only_for_red_tracks() -> None:

@@ -432,6 +432,9 @@ export async function inboundSummary(pc) {
     videoPacketsLost: 0,
     audioPacketsReceived: 0,
     audioBytesReceived: 0,
+    audioCodec: '', // e.g. "audio/opus", or "audio/red" when redundancy (RFC 2198) arrives
+    audioConcealedSamples: 0,
+    audioSamplesReceived: 0,
     connectionState: pc ? pc.connectionState : 'new',
     iceConnectionState: pc ? pc.iceConnectionState : 'new',
   };
@@ -450,6 +453,9 @@ export async function inboundSummary(pc) {
     } else if (stat.kind === 'audio') {
       summary.audioPacketsReceived += stat.packetsReceived ?? 0;
       summary.audioBytesReceived += stat.bytesReceived ?? 0;
+      summary.audioCodec = report.get(stat.codecId)?.mimeType ?? summary.audioCodec;
+      summary.audioConcealedSamples += stat.concealedSamples ?? 0;
+      summary.audioSamplesReceived += stat.totalSamplesReceived ?? 0;
     }
   });
   return summary;
@@ -466,6 +472,7 @@ export async function outboundSummary(pc) {
     videoBytesSent: 0,
     audioPacketsSent: 0,
     audioBytesSent: 0,
+    audioCodec: '', // "audio/red" when the answer asked for redundancy (co-performance rooms)
     connectionState: pc ? pc.connectionState : 'new',
     iceConnectionState: pc ? pc.iceConnectionState : 'new',
   };
@@ -483,6 +490,7 @@ export async function outboundSummary(pc) {
     } else if (stat.kind === 'audio') {
       summary.audioPacketsSent += stat.packetsSent ?? 0;
       summary.audioBytesSent += stat.bytesSent ?? 0;
+      summary.audioCodec = report.get(stat.codecId)?.mimeType ?? summary.audioCodec;
     }
   });
   return summary;
