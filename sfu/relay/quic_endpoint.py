@@ -17,6 +17,23 @@ RTCP feedback about a flow goes back the way the flow came.
 The side with out-flows connects; a connection that dies (a cut link: no
 answer to our pings within ``IDLE_TIMEOUT_S``) is dialled again until it is
 back, and the flows carry on: viewers keep their sessions, with a gap.
+
+Control travels on one bidirectional stream per connection (reliable, in order;
+one JSON object a line), opened by the dialler:
+
+- ``hello`` {from: "host:port", out: [ssrc], auth}: who we are (the address the
+  peer knows us by) and the flows we send it, both ways at the start of every
+  connection. The dialler knows whom it reached (TLS: the peer's certificate is
+  the cluster CA's); the side dialled knows the dialler by its hello, whose
+  ``auth`` (HMAC-SHA256 of ``from`` under a key derived from the cluster's
+  secret) it checks: until then, it takes nothing from that connection, and a
+  wrong one closes it, so nobody outside the cluster can pose as a node and be
+  sent its media. It resubscribes after a cut: each side checks the other still
+  sends every flow it expects (``missing_flows``), and a side whose connection is
+  new after a lost one asks at once for a keyframe on each flow it receives.
+- ``keyframe`` {ssrcs}: the sender asks its shard for a keyframe of each (a PLI,
+  as a viewer would): what the cut lost cannot be repaired by NACK. On the
+  stream it cannot be lost, as a PLI datagram on a lossy path could.
 Per peer we keep RTT (QUIC's smoothed estimate), datagrams each way, RTP
 packets lost (sequence gaps on in-flows) and reconnects.
 """
@@ -24,6 +41,9 @@ packets lost (sequence gaps on in-flows) and reconnects.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import ssl
 import struct
 import time
@@ -33,7 +53,9 @@ from typing import Any
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.congestion.base import QuicCongestionControl, register_congestion_control
-from aioquic.quic.events import ConnectionTerminated, DatagramFrameReceived, HandshakeCompleted, QuicEvent
+from aioquic.quic.events import (
+    ConnectionTerminated, DatagramFrameReceived, HandshakeCompleted, QuicEvent, StreamDataReceived,
+)
 
 ALPN = "sfu-relay"
 SERVER_NAME = "sfu-relay"  # the name cluster relay certificates carry
@@ -42,6 +64,8 @@ QUIC_PACKET = 1452  # UDP payload of a 1500-byte IPv4 path: room for a 1,200-byt
 PING_INTERVAL_S = 0.25
 REDIAL_S = (0.1, 0.25, 0.5, 1.0)
 MAX_DATAGRAM = 1400  # larger RTP would not fit one QUIC packet: dropped and counted
+MAX_CONTROL_LINE = 64 * 1024  # a control message longer than this is a broken or hostile peer
+RELAY_RTCP_SSRC = 0x5E1A7001  # the sender SSRC of the keyframe requests the relay makes itself
 
 
 class MediaPacedControl(QuicCongestionControl):
@@ -109,7 +133,11 @@ class PeerStats:
     sent: int = 0
     received: int = 0
     lost: int = 0  # RTP sequence gaps on flows from this peer
-    reconnects: int = 0
+    reconnects: int = 0  # connections we dialled again after losing one
+    accepted: int = 0  # connections the peer dialled to us (more than one: it lost one)
+    keyframe_requests: int = 0  # asked of us on the control stream, one per flow
+    missing_flows: int = 0  # flows we receive that the peer's last hello did not list
+    bad_control: int = 0  # control lines that were not a message we know
     rtt_ms: float | None = None
     connected: bool = False
 
@@ -129,10 +157,25 @@ class _Protocol(QuicConnectionProtocol):
         self.endpoint = endpoint
         self.peer: tuple[str, int] | None = None
         self.closed = asyncio.get_running_loop().create_future()
+        self.redial = False  # we dialled this one after losing the previous connection
+        self.trusted = False  # we dialled it (TLS checked the peer), or its hello proved it a node
+        self.control_stream: int | None = None
+        self._control = b""
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, DatagramFrameReceived):
             self.endpoint.from_peer(self, event.data)
+        elif isinstance(event, StreamDataReceived):
+            if self.control_stream is None:
+                self.control_stream = event.stream_id
+            if event.stream_id != self.control_stream:
+                return
+            self._control += event.data
+            while b"\n" in self._control:
+                line, self._control = self._control.split(b"\n", 1)
+                self.endpoint.on_control(self, line)
+            if len(self._control) > MAX_CONTROL_LINE:
+                self.close()
         elif isinstance(event, HandshakeCompleted):
             pass
         elif isinstance(event, ConnectionTerminated):
@@ -147,6 +190,12 @@ class _Protocol(QuicConnectionProtocol):
         self.transmit()
         return True
 
+    def send_control(self, message: dict[str, Any]) -> None:
+        if self.control_stream is None:
+            self.control_stream = self._quic.get_next_available_stream_id()
+        self._quic.send_stream_data(self.control_stream, json.dumps(message).encode() + b"\n")
+        self.transmit()
+
     def rtt_ms(self) -> float | None:
         recovery = getattr(self._quic, "_loss", None)
         rtt = getattr(recovery, "_rtt_smoothed", 0.0) if recovery is not None else 0.0
@@ -155,9 +204,15 @@ class _Protocol(QuicConnectionProtocol):
 
 class QuicEndpoint:
     def __init__(self, *, certificate: str, private_key: str, ca: str, quic_host: str, quic_port: int,
-                 local_host: str = "127.0.0.1", log: Any = None) -> None:
+                 local_host: str = "127.0.0.1", public_port: int = 0, hello_key: bytes | None = None,
+                 log: Any = None) -> None:
         self.certificate, self.private_key, self.ca = certificate, private_key, ca
         self.quic_host, self.quic_port = quic_host, quic_port
+        self.public_port = public_port or quic_port  # the port peers know us by (a NAT may map it)
+        # Proves our hello comes from a node of the cluster (None: a dev cluster on one
+        # machine, where hellos are taken on trust).
+        self.hello_key = hello_key
+        self.refused = 0  # connections whose hello did not prove them a node
         self.local_host = local_host
         self.log = log
         self.local: asyncio.DatagramTransport | None = None
@@ -227,7 +282,10 @@ class QuicEndpoint:
                 async with connect(peer[0], peer[1], configuration=self._configuration(True),
                                    create_protocol=lambda *a, **k: _Protocol(*a, endpoint=self, **k)) as protocol:
                     protocol.peer = peer
+                    protocol.trusted = True
+                    protocol.redial = attempt > 0
                     self._attach(protocol, peer)
+                    protocol.send_control(self._hello(peer))
                     if attempt:
                         self.stats[peer].reconnects += 1
                         self._log("relay peer back", peer=f"{peer[0]}:{peer[1]}", attempts=attempt)
@@ -287,14 +345,13 @@ class QuicEndpoint:
         if found[1] and self.log is not None:
             self.log.debug("feedback from peer", ssrc=found[0], pt=data[1], to_port=flow.shard_port)
         if peer is None:
-            # A connection the peer dialled: it is known by the flows it carries. A new
-            # one after a cut: what was lost meanwhile cannot be repaired by NACK, so ask
-            # for a keyframe on every flow from that peer (audio flows ignore it).
+            if self.hello_key is not None:
+                self.dropped += 1  # a connection to us whose hello has not proved it a node yet
+                return
+            # A dev cluster: a connection the peer dialled, known by the flows it carries
+            # until its hello comes.
             peer = flow.peer
-            reconnected = peer in self.links or self.stats.get(peer, PeerStats()).received > 0
             self._attach(protocol, peer)
-            if reconnected:
-                self._request_keyframes(peer, protocol)
         stats = self.stats.setdefault(peer, PeerStats())
         stats.received += 1
         is_rtp = not 192 <= data[1] <= 223
@@ -309,15 +366,78 @@ class QuicEndpoint:
         if self.local is not None:
             self.local.sendto(data, (self.local_host, flow.shard_port))
 
-    def _request_keyframes(self, peer: tuple[str, int], protocol: _Protocol) -> None:
-        for flow in self.flows.values():
-            if flow.peer == peer and flow.direction == "in":
-                protocol._quic.send_datagram_frame(struct.pack("!BBHII", 0x81, 206, 2, 0x5E1A7001, flow.ssrc))
-        protocol.transmit()
-        self._log("relay peer back: keyframes requested", peer=f"{peer[0]}:{peer[1]}")
+    # --- control (the stream) ------------------------------------------------------------
+
+    def _hello(self, peer: tuple[str, int]) -> dict[str, Any]:
+        me = f"{self.quic_host}:{self.public_port}"
+        return {"type": "hello", "from": me, "auth": self._auth(me),
+                "out": sorted(s for s, f in self.flows.items() if f.peer == peer and f.direction == "out")}
+
+    def _auth(self, me: str) -> str:
+        return hmac.new(self.hello_key, me.encode(), hashlib.sha256).hexdigest() if self.hello_key else ""
+
+    def on_control(self, protocol: _Protocol, line: bytes) -> None:
+        """One control message from the peer of ``protocol``."""
+        try:
+            message = json.loads(line)
+            kind = message["type"]
+        except (ValueError, TypeError, KeyError):
+            message, kind = {}, None
+        peer = self.by_connection.get(id(protocol))
+        if kind == "hello":
+            host, _, port = str(message.get("from", "")).rpartition(":")
+            if not port.isdigit():
+                kind = None
+            elif not protocol.trusted and self.hello_key is not None and not hmac.compare_digest(
+                    str(message.get("auth", "")), self._auth(f"{host}:{port}")):
+                self.refused += 1
+                self._log("relay hello refused: not a node of this cluster", claimed=f"{host}:{port}")
+                protocol.close()
+                return
+            else:
+                protocol.trusted = True
+                self._on_hello(protocol, peer, (host, int(port)), message.get("out", []))
+                return
+        if kind == "keyframe" and peer is not None and protocol.trusted and isinstance(message.get("ssrcs"), list):
+            stats = self.stats.setdefault(peer, PeerStats())
+            for ssrc in message["ssrcs"]:
+                flow = self.flows.get(ssrc) if isinstance(ssrc, int) else None
+                if flow is not None and flow.direction == "out" and flow.peer == peer and self.local is not None:
+                    stats.keyframe_requests += 1
+                    self.local.sendto(struct.pack("!BBHII", 0x81, 206, 2, RELAY_RTCP_SSRC, ssrc),
+                                      (self.local_host, flow.shard_port))
+            return
+        if peer is not None:
+            self.stats.setdefault(peer, PeerStats()).bad_control += 1
+        self._log("relay control message not understood", line=line[:200].decode(errors="replace"))
+
+    def _on_hello(self, protocol: _Protocol, known: tuple[str, int] | None, peer: tuple[str, int],
+                  out: Any) -> None:
+        stats = self.stats.setdefault(peer, PeerStats())
+        renewed = protocol.redial
+        if protocol.peer is None:  # the peer dialled: this hello says who it is; we answer with ours
+            protocol.peer = peer
+            stats.accepted += 1
+            renewed = stats.accepted > 1
+            if known != peer:
+                self._attach(protocol, peer)
+            protocol.send_control(self._hello(peer))
+        expected = {s for s, f in self.flows.items() if f.peer == peer and f.direction == "in"}
+        if renewed and expected:
+            # Resubscribed: does the peer still send all we expect? (Flows are set up by
+            # signalling on both nodes; one the peer forgot stays dark until set up again.)
+            listed = {s for s in out if isinstance(s, int)} if isinstance(out, list) else set()
+            stats.missing_flows = len(expected - listed)
+            if stats.missing_flows:
+                self._log("relay flows missing after reconnect", peer=f"{peer[0]}:{peer[1]}",
+                          missing=stats.missing_flows)
+            # A connection after a lost one: what the cut lost cannot be repaired by NACK.
+            protocol.send_control({"type": "keyframe", "ssrcs": sorted(expected)})
+            self._log("relay peer back: keyframes requested", peer=f"{peer[0]}:{peer[1]}", flows=len(expected))
 
     def snapshot(self) -> dict[str, Any]:
         return {"local_port": self.local_port, "flows": len(self.flows), "dropped": self.dropped,
+                "refused": self.refused,
                 "peers": {f"{h}:{p}": vars(s) for (h, p), s in self.stats.items()}}
 
     def _log(self, event: str, **fields: Any) -> None:

@@ -21,6 +21,9 @@ from .quic_endpoint import QuicEndpoint
 
 log = get_logger("sfu.relay.quic")
 
+HELLO_KEY_ENV = "SFU_RELAY_HELLO_KEY"  # hex; set by signalling from the cluster's secret
+HELLO_KEY_LABEL = b"sfu quic relay hello"
+
 
 class _Listener:
     def __init__(self, endpoint: QuicEndpoint) -> None:
@@ -45,7 +48,9 @@ class _Listener:
 
 async def run(args: argparse.Namespace) -> None:
     endpoint = QuicEndpoint(certificate=args.cert, private_key=args.key, ca=args.ca, quic_host=args.quic_host,
-                            quic_port=args.quic_port, local_host=args.local_host, log=log)
+                            quic_port=args.quic_port, local_host=args.local_host, public_port=args.public_port,
+                            hello_key=bytes.fromhex(os.environ[HELLO_KEY_ENV]) if os.environ.get(HELLO_KEY_ENV)
+                            else None, log=log)
     await endpoint.start()
     reader, writer = await asyncio.open_unix_connection(args.control_path)
     channel = control.Channel(reader, writer, _Listener(endpoint))
@@ -66,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quic-host", required=True, help="address peers reach this relay on")
     parser.add_argument("--quic-port", type=int, required=True)
     parser.add_argument("--local-host", default="127.0.0.1", help="where this node's shards send relayed tracks")
+    parser.add_argument("--public-port", type=int, default=0,
+                        help="the port other nodes dial, if a NAT or relay maps it (default --quic-port)")
     parser.add_argument("--cert", required=True, help="this node's relay certificate (PEM)")
     parser.add_argument("--key", required=True)
     parser.add_argument("--ca", required=True, help="the cluster CA that signs every relay certificate")

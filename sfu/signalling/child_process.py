@@ -39,12 +39,16 @@ class ChildProcess:
         """The module and arguments after ``python -m`` (the control path is appended)."""
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str] | None:
+        """The child's environment, when it needs more than ours (secrets stay off argv)."""
+        return None
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._hello = loop.create_future()
         self._server = await asyncio.start_unix_server(self._accept, path=self._path)
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", *self.arguments(), "--control-path", self._path)
+            sys.executable, "-m", *self.arguments(), "--control-path", self._path, env=self.environment())
         wait_exit = loop.create_task(self.process.wait())
         done, _ = await asyncio.wait([self._hello, wait_exit], timeout=HELLO_TIMEOUT_S,
                                      return_when=asyncio.FIRST_COMPLETED)

@@ -12,6 +12,9 @@ and the copies this node held of its tracks end (their viewers are told).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import os
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +28,7 @@ from ..relay.loopback import LOOPBACK
 from ..relay.base import relay_consume
 from ..relay.node import NodeRelay, NodeRelayError
 from ..relay.quic import QUIC_RELAY, QuicRelay
+from ..relay.quic_main import HELLO_KEY_ENV, HELLO_KEY_LABEL
 from .admin import require_admin
 from .child_process import ChildProcess
 from .rooms import ProducerInfo, Session
@@ -48,9 +52,17 @@ class QuicRelayProcess(ChildProcess):
         c = self.config
         # Shards bind rtc_host only: the relay process meets them there (not on loopback).
         return ["sfu.relay.quic_main", "--quic-host", self.host, "--local-host", self.host,
-                "--quic-port", str(c.quic_port),
+                "--quic-port", str(c.quic_port), "--public-port", str(c.quic_public_port or c.quic_port),
                 "--cert", c.relay_cert, "--key", c.relay_key, "--ca", c.relay_ca, "--log-level", c.log_level,
                 "--log-levels", c.log_levels, "--node-id", c.node_id]
+
+    def environment(self) -> dict[str, str] | None:
+        """The key the relay's hellos are signed with: derived from the cluster's secret, so
+        the relay process never holds the secret that signs tokens."""
+        if not self.config.auth_secret:
+            return None
+        key = hmac.new(self.config.auth_secret.encode(), HELLO_KEY_LABEL, hashlib.sha256).hexdigest()
+        return {**os.environ, HELLO_KEY_ENV: key}
 
 
 def _codec_json(codec: Codec) -> dict[str, Any]:

@@ -54,6 +54,8 @@ class ShardCollector(Collector):
         sent = CounterMetricFamily("sfu_relay_datagrams", "QUIC relay datagrams per peer", labels=["peer", "direction"])
         lost = CounterMetricFamily("sfu_relay_lost_packets", "RTP packets missing on flows from a peer", labels=["peer"])
         redials = CounterMetricFamily("sfu_relay_reconnects", "QUIC relay connections dialled again", labels=["peer"])
+        keyframes = CounterMetricFamily("sfu_relay_keyframe_requests", "Keyframes a peer asked of us after a "
+                                        "reconnect (control stream), one per flow", labels=["peer"])
         for peer, p in peers.items():
             if p.get("rtt_ms") is not None:
                 rtt.add_metric([peer], p["rtt_ms"])
@@ -61,7 +63,10 @@ class ShardCollector(Collector):
             sent.add_metric([peer, "in"], p.get("received", 0))
             lost.add_metric([peer], p.get("lost", 0))
             redials.add_metric([peer], p.get("reconnects", 0))
-        yield from (rtt, sent, lost, redials)
+            keyframes.add_metric([peer], p.get("keyframe_requests", 0))
+        yield from (rtt, sent, lost, redials, keyframes)
+        yield CounterMetricFamily("sfu_relay_hellos_refused", "QUIC relay connections closed: their hello did not "
+                                  "prove them a node of this cluster", value=(self.quic or {}).get("refused", 0))
         rec = self.recorder or {}
         yield CounterMetricFamily("sfu_recording_written_bytes", "Bytes written to recording files",
                                   value=rec.get("bytes_written", 0))

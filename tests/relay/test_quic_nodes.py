@@ -87,6 +87,8 @@ async def test_quic_relay_carries_a_room_and_heals_after_a_cut(tmp_path, redis_s
         assert back < 5.0
         assert a.metrics()['sfu_keyframe_requests_total{direction="received",shard="0"}'] >= 1
         assert a.metrics()['sfu_relay_reconnects_total{peer="127.0.0.1:%d"}' % quic["b"]] >= 1
+        # B asked on the control stream, once A's relay said hello again.
+        assert a.metrics()['sfu_relay_keyframe_requests_total{peer="127.0.0.1:%d"}' % quic["b"]] >= 1
         # The viewer kept its session: still the one resource, no new POST.
         assert await viewer.delete() == 200
         assert cut_at < healed_at
