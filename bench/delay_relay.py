@@ -41,6 +41,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.loadgen import realtime_minus_monotonic_ns
+
 SO_TIMESTAMPNS = 35
 TIMESPEC = struct.Struct("@qq")
 PR_SET_TIMERSLACK = 29
@@ -51,18 +53,6 @@ RCVBUF = 4 << 20
 def _addr(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def _realtime_minus_monotonic_ns() -> int:
-    best = None
-    for _ in range(5):
-        a = time.monotonic_ns()
-        r = time.clock_gettime_ns(time.CLOCK_REALTIME)
-        b = time.monotonic_ns()
-        if best is None or b - a < best[0]:
-            best = (b - a, r - (a + b) // 2)
-    assert best is not None
-    return best[1]
 
 
 def _percentile(sorted_values: list[int], q: float) -> int | None:
@@ -87,7 +77,7 @@ class DelayRelay:
         self.seq = 0
         self.counts = {d: {"received": 0, "sent": 0, "dropped": 0, "bytes": 0} for d in ("forward", "back")}
         self.late_ns: list[int] = []
-        self.offset_ns = _realtime_minus_monotonic_ns()
+        self.offset_ns = realtime_minus_monotonic_ns()
         self.running = True
 
     @staticmethod
@@ -183,7 +173,7 @@ class DelayRelay:
             self._send_due()
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + 1.0
-                self.offset_ns = _realtime_minus_monotonic_ns()
+                self.offset_ns = realtime_minus_monotonic_ns()
                 if stats_path is not None:
                     write_stats(stats_path, self.stats())
 

@@ -14,14 +14,24 @@ namespaces (CLOCK_MONOTONIC is shared across namespaces). Added latency = arriva
 shard) cost on top of the network (the veth and the delay relay's own lateness, reported
 as ``relay_late_us``, are in it too; both are tens of microseconds).
 
+The room is a co-performance room (the nodes run ``--performance-rooms "choir-*"``): the
+publisher offers RFC 2198 RED for its Opus track as Chrome does, the server asks for it,
+and the publisher sends every frame with the previous one as a redundant block; the
+viewers offer RED too, so a frame whose packet the path lost is rebuilt from the next
+one. ``--no-red``: publisher and viewers do not offer it (the same room), to compare. With
+RED, ``--plain-viewers`` (default 1) more viewers without RED join beside them and are
+reported apart (``plain``): they must get the primary encoding alone.
+
 ``--loopback``: the older variant, both nodes on 127.0.0.1 in this namespace (``--dev``),
 the delay relay dropping ``--loss`` itself, publisher and viewers in this process.
 
-    python -m bench.latency [--quick] [--delay-ms 30] [--loss 0.01] [--viewers 4] [--loopback]
+    python -m bench.latency [--quick] [--delay-ms 30] [--loss 0.01] [--viewers 4] [--no-red] [--loopback]
 
 Needs root (namespaces) unless ``--loopback``. Prints audio and video added latency
-(p50/p99) and the longest audio gap a viewer saw; the last line is one JSON object with
-at least ``added_p50_ms``, ``added_p99_ms`` (audio) and ``max_gap_ms``.
+(p50/p99, of primaries), the longest gap between two audio frames becoming available
+after RED repair and the longest between two audio packets' arrivals; the last line is
+one JSON object with at least ``added_p50_ms``, ``added_p99_ms`` (audio), ``max_gap_ms``
+(frames, after repair), ``max_arrival_gap_ms``, ``red_repaired`` and ``unrepaired``.
 """
 
 from __future__ import annotations
@@ -47,7 +57,8 @@ from .loadgen import LoadGen
 from .redis_server import RedisServer
 from .targets import TargetError, WhipWhepTarget, free_port
 
-ROOM = "site-to-site"
+ROOM = "choir-site-to-site"  # a co-performance room: it matches PERFORMANCE_ROOMS
+PERFORMANCE_ROOMS = "choir-*"
 
 
 class Node(WhipWhepTarget):
@@ -68,7 +79,7 @@ class Node(WhipWhepTarget):
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.cwd, env.get("PYTHONPATH")]))
         self.argv = [sys.executable, "-m", "sfu", "serve", "--dev", "--http-port", str(self.http_port),
                      "--rtc-port", str(free_udp_port()), "--shards", "1", "--redis-url", redis_url,
-                     "--node-id", name, "--log-level", "warning"]
+                     "--node-id", name, "--log-level", "warning", "--performance-rooms", PERFORMANCE_ROOMS]
         self.env = env
         self.log_path = run_dir / f"node-{name}.log"
         self.proc: asyncio.subprocess.Process | None = None
@@ -114,11 +125,46 @@ def pct(values: list[float], q: float) -> float | None:
     return round(values[min(len(values) - 1, int(q * len(values)))], 2)
 
 
+def _max(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(max(values), 1) if values else None
+
+
+def _pts(viewers: list[dict[str, Any]], key: str) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for v in viewers:
+        for pt, n in v[key].items():
+            total[pt] = total.get(pt, 0) + n
+    return total
+
+
+def _audio_frames(viewers: list[dict[str, Any]], delay_ms: float) -> dict[str, Any]:
+    """Frame figures of a group of viewers (``latency_peer.Window.describe``). Where the
+    longest gap was: the frames on either side (counts), how far apart the publisher sent
+    them, and the added latency of the frame that ended it (beyond the path delay)."""
+    worst = max((v for v in viewers if v["max_gap_ms"] is not None), key=lambda v: v["max_gap_ms"], default=None)
+    return {
+        "max_gap_ms": _max([v["max_gap_ms"] for v in viewers]),
+        "max_gap_frames": worst["max_gap_frames"] if worst else None,
+        "max_gap_sent_ms": worst["max_gap_sent_ms"] if worst else None,
+        "max_gap_end_added_ms": round(worst["max_gap_end_us"] / 1000 - delay_ms, 2)
+        if worst and worst["max_gap_end_us"] is not None else None,
+        "max_arrival_gap_ms": _max([v["max_arrival_gap_ms"] or None for v in viewers]),
+        "audio_frames": sum(v["frames"] for v in viewers),
+        "red_repaired": sum(v["red_repaired"] for v in viewers),
+        "unrepaired": sum(v["unrepaired"] for v in viewers),
+        "max_hole_ms": max((v["max_hole_ms"] for v in viewers), default=0),
+        "audio_pts": _pts(viewers, "audio_pts"), "other_pts": _pts(viewers, "other_pts"),
+        "red_blocks": sum(v["red_blocks"] for v in viewers), "red_malformed": sum(v["red_malformed"] for v in viewers),
+    }
+
+
 def summarize(args: argparse.Namespace, seen: dict[str, Any], path: dict[str, Any]) -> dict[str, Any]:
     """The JSON line: the viewers' window (``latency_peer.Window.result``) and the path's counts."""
     audio = [us / 1000 - args.delay_ms for us in seen["audio_us"]]
     every = [us / 1000 - args.delay_ms for us in seen["all_us"]]
-    gaps = [g for g in seen["audio_max_gap_ms"] if g]
+    frames = _audio_frames(seen["per_viewer"], args.delay_ms)
+    plain = seen.get("plain") or []
     window = seen["window"]
     lost, received = window["lost"], window["audio"] + window["video"]
     late = path.get("relay_late_us") or {}
@@ -127,7 +173,16 @@ def summarize(args: argparse.Namespace, seen: dict[str, Any], path: dict[str, An
         "path_delay_ms": args.delay_ms, "path_loss": args.loss, "viewers": args.viewers, "seconds": args.seconds,
         "added_p50_ms": pct(audio, 0.5), "added_p99_ms": pct(audio, 0.99),
         "video_added_p50_ms": pct(every, 0.5), "video_added_p99_ms": pct(every, 0.99),
-        "max_gap_ms": round(max(gaps), 1) if gaps else None, "audio_max_gap_per_viewer_ms": seen["audio_max_gap_ms"],
+        "red": args.red, "room": ROOM,
+        **frames,
+        "max_gap_per_viewer_ms": [v["max_gap_ms"] for v in seen["per_viewer"]],
+        "audio_max_gap_per_viewer_ms": seen["audio_max_gap_ms"],
+        "red_repaired_per_viewer": [v["red_repaired"] for v in seen["per_viewer"]],
+        "unrepaired_per_viewer": [v["unrepaired"] for v in seen["per_viewer"]],
+        "viewer_red_pts": sorted({v["red_pt"] for v in seen["per_viewer"] if v["red_pt"] is not None}),
+        "plain_viewers": len(plain), "plain": _audio_frames(plain, args.delay_ms) if plain else None,
+        "publisher_red_pt": path.pop("publisher_red_pt", None),
+        "publisher_red_packets": path.pop("publisher_red_packets", None),
         "audio_samples": len(audio),
         "all_samples": len(every), "viewers_with_audio": seen["viewers_with_audio"],
         "audio_received": window["audio"], "video_received": window["video"],
@@ -138,8 +193,19 @@ def summarize(args: argparse.Namespace, seen: dict[str, Any], path: dict[str, An
     }
     print(f"audio added latency p50 {result['added_p50_ms']} ms, p99 {result['added_p99_ms']} ms "
           f"({len(audio)} samples); all packets p50 {result['video_added_p50_ms']} / p99 "
-          f"{result['video_added_p99_ms']} ms; longest audio gap {result['max_gap_ms']} ms; "
-          f"loss seen by viewers {result['loss_after_repair'] * 100:.2f} %", flush=True)
+          f"{result['video_added_p99_ms']} ms; loss seen by viewers {result['loss_after_repair'] * 100:.2f} %",
+          flush=True)
+    print(f"audio {'with' if args.red else 'without'} RED (viewers received PTs {frames['audio_pts']}): longest gap "
+          f"between frames becoming available {result['max_gap_ms']} ms (between packet arrivals "
+          f"{result['max_arrival_gap_ms']} ms; frames {frames['max_gap_frames']} around it were sent "
+          f"{frames['max_gap_sent_ms']} ms apart, the second with {frames['max_gap_end_added_ms']} ms added); "
+          f"{frames['audio_frames']} frames, {frames['red_repaired']} repaired from RED, {frames['unrepaired']} never "
+          f"seen (longest hole {frames['max_hole_ms']} ms)", flush=True)
+    if plain:
+        other = result["plain"]
+        print(f"{len(plain)} viewer(s) without RED beside them: PTs {other['audio_pts']} (other RTP "
+              f"{other['other_pts']}), longest gap {other['max_gap_ms']} ms, {other['unrepaired']} of "
+              f"{other['audio_frames']} frames never seen", flush=True)
     print(f"path: {path['path_forward']} datagrams A->B, {path['path_back']} B->A through the delay relay "
           f"(its lateness p50 {late.get('p50')} / p99 {late.get('p99')} / max {late.get('max')} us); "
           f"{path['path_dropped']} dropped by the loss", flush=True)
@@ -158,20 +224,24 @@ def run_netns(args: argparse.Namespace) -> dict[str, Any]:
               f"each way; {args.viewers} viewers in B for {args.seconds:.0f} s; logs in {sites.run_dir}"
               f"{'' if args.keep else ' (removed at the end unless it fails; --keep keeps them)'}", flush=True)
         redis = sites.start_redis("a")
-        a = sites.start_node("a", redis_url=redis.url, wait=False, source_dir=args.server_src)
-        b = sites.start_node("b", redis_url=redis.url, wait=False, source_dir=args.server_src)
+        node_args = ("--performance-rooms", PERFORMANCE_ROOMS)
+        a = sites.start_node("a", redis_url=redis.url, wait=False, source_dir=args.server_src, args=node_args)
+        b = sites.start_node("b", redis_url=redis.url, wait=False, source_dir=args.server_src, args=node_args)
         token = sites.token(ROOM, publish=True, subscribe=True)
-        common = ["--room", ROOM, "--token", token]
+        common = ["--room", ROOM, "--token", token, *(["--red"] if args.red else [])]
         # The publisher builds its clip (~6 s) while the nodes start.
         publisher = sites.a.python("bench.latency_peer", "publish", "--url", a.url, "--host", sites.a.addr,
                                    *common, name="publisher")
         a.wait_ready()
         b.wait_ready()
-        publisher.wait_json("publishing", timeout=120)
+        publishing = publisher.wait_json("publishing", timeout=120)
+        if args.red and publishing.get("red_pt") is None:
+            print("the server's answer did not ask the publisher for RED: it sends plain Opus", flush=True)
         time.sleep(1.0)  # the tracks reach the directory
         viewers = sites.b.python("bench.latency_peer", "view", "--url", b.url, "--host", sites.b.addr, *common,
                                  "--viewers", str(args.viewers), "--settle", str(args.settle),
-                                 "--seconds", str(args.seconds), name="viewers")
+                                 "--seconds", str(args.seconds), "--plain-viewers", str(args.plain_viewers),
+                                 name="viewers")
         seen = viewers.result(timeout=args.settle + args.seconds + 90)
         publisher.stop()
         sent = publisher.last_json() or {}
@@ -187,6 +257,7 @@ def run_netns(args: argparse.Namespace) -> dict[str, Any]:
             "path_dropped_a_to_b": counters["b"]["loss_drops"], "path_dropped_b_to_a": counters["a"]["loss_drops"],
             "veth_a_to_b_packets": counters["b"]["rx_packets"], "veth_b_to_a_packets": counters["a"]["rx_packets"],
             "relay_late_us": relay.get("late_us"), "publisher_packets_sent": sent.get("packets_sent"),
+            "publisher_red_pt": sent.get("red_pt"), "publisher_red_packets": sent.get("red_packets"),
         }
     return summarize(args, seen, path)
 
@@ -220,18 +291,23 @@ async def run_loopback(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await a.start()
         await b.start()
-        publisher = LoadGen(a, clip, room=ROOM)
+        publisher = LoadGen(a, clip, room=ROOM, red=args.red)
         await publisher.start()
         await asyncio.sleep(1.0)  # the tracks reach the directory
-        viewers = LoadGen(b, None, room=ROOM, sample_every=1)
+        viewers = LoadGen(b, None, room=ROOM, sample_every=1, red=args.red, track_frames=True)
         await viewers.start()
         await viewers.add_viewers(args.viewers)
+        if args.plain_viewers:
+            await viewers.add_viewers(args.plain_viewers, red=False)
         await asyncio.sleep(args.settle)
         window = Window(viewers)
         window.start()
         await asyncio.sleep(args.seconds)
         seen = window.result()
-        sent = publisher.publisher.packets_sent() if publisher.publisher is not None else None
+        pub = publisher.publisher
+        sent = pub.packets_sent() if pub is not None else None
+        red_pt = pub.audio_red_pt if pub is not None and pub.audio_red_pt >= 0 else None
+        red_packets = pub.red_packets if pub is not None else None
     finally:
         for gen in (viewers, publisher):
             if gen is not None:
@@ -250,7 +326,8 @@ async def run_loopback(args: argparse.Namespace) -> dict[str, Any]:
             "path_datagrams": forward.get("sent", 0) + back.get("sent", 0),
             "path_dropped": forward.get("dropped", 0) + back.get("dropped", 0),
             "path_dropped_a_to_b": forward.get("dropped", 0), "path_dropped_b_to_a": back.get("dropped", 0),
-            "relay_late_us": stats.get("late_us"), "publisher_packets_sent": sent}
+            "relay_late_us": stats.get("late_us"), "publisher_packets_sent": sent,
+            "publisher_red_pt": red_pt, "publisher_red_packets": red_packets}
     if not args.keep:
         shutil.rmtree(run_dir, ignore_errors=True)
     return summarize(args, seen, path)
@@ -268,9 +345,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="both nodes on 127.0.0.1 in this namespace, peers in this process (no root)")
     parser.add_argument("--server-src", metavar="DIR",
                         help="run the nodes from the sfu package in DIR (a snapshot of a commit, extension built)")
+    parser.add_argument("--no-red", dest="red", action="store_false",
+                        help="publisher and viewers do not offer RED (the same co-performance room), to compare")
+    parser.add_argument("--plain-viewers", type=int,
+                        help="with RED: viewers without RED beside the others, reported apart (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the logs")
     args = parser.parse_args(argv)
     args.seconds = args.seconds or (20.0 if args.quick else 60.0)
+    if args.plain_viewers is None:
+        args.plain_viewers = 1 if args.red else 0
     if args.loopback:
         result = asyncio.run(run_loopback(args))
     else:

@@ -1,12 +1,16 @@
 """The cross-site latency bench's peers, one process per site (run inside a namespace).
 
-    python -m bench.latency_peer publish --url URL --room R [--token T] --host ADDR
+    python -m bench.latency_peer publish --url URL --room R [--token T] --host ADDR [--red]
     python -m bench.latency_peer view --url URL --room R [--token T] --host ADDR --viewers 4 --settle 3 --seconds 20
+        [--red [--plain-viewers 1]]
 
 ``publish``: one raw DTLS-SRTP publisher (``bench/loadgen.py``: real VP8 + Opus, its
 CLOCK_MONOTONIC send time stamped into each payload), bound to ``--host``. It builds
 the clip, waits for the server's /healthz, publishes, prints ``{"event": "publishing"}``
-and runs until SIGTERM/SIGINT (or ``--seconds``); then ``{"event": "done", ...}``.
+(with ``red``: whether the answer asked for RED) and runs until SIGTERM/SIGINT (or
+``--seconds``); then ``{"event": "done", ...}``. ``--red``: offer RFC 2198 RED for the
+Opus track and send it if the answer lists it first (the previous frame as the
+redundant block).
 
 ``view``: ``--viewers`` raw viewers (every packet decrypted, arrival times from the
 kernel, SO_TIMESTAMPNS), prints ``{"event": "joined", ...}``, waits ``--settle``, then
@@ -14,6 +18,12 @@ measures for ``--seconds`` and prints ``{"event": "result", ...}``: every sample
 send-to-arrival microseconds (no path delay subtracted), audio alone, each viewer's
 longest audio gap, and the counters of the window. CLOCK_MONOTONIC is one clock for
 every namespace of the machine, so the publisher's stamps and these arrivals compare.
+Audio frames are followed by the count in their stamps: when each first became
+available (its primary, or with ``--red`` the next packet's redundant copy), so each
+viewer reports the longest gap between consecutive frames becoming available, frames
+repaired from RED and frames never seen, beside the longest gap between two audio
+packets' arrivals. ``--red``: the viewers offer RED; ``--plain-viewers N`` adds N viewers
+that do not (reported apart, ``plain``: what a viewer without RED gets).
 """
 
 from __future__ import annotations
@@ -69,19 +79,43 @@ class Window:
             v.audio_latency_ns.clear()
             v.audio_max_gap_ns = 0
             v.audio_last_ns = 0
+            v.start_frames()
+            v.audio_pts.clear()
+            v.other_pts.clear()
+            v.red_blocks = v.red_malformed = 0
         self.gen.latency_ns.clear()
         self.before = self.gen.totals()
 
     def result(self) -> dict[str, Any]:
+        """The window's samples. The headline figures (``audio_us``, the gaps, the frame
+        counts) are of the viewers that negotiated as the generator's ``red`` says; the
+        others (``plain``: viewers without RED beside RED ones) are described apart."""
         after = self.gen.totals()
         delta = {k: after[k] - self.before.get(k, 0) for k in TOTALS}
-        viewers = self.gen.viewers
+        viewers = [v for v in self.gen.viewers if v.red == self.gen.red]
+        others = [v for v in self.gen.viewers if v.red != self.gen.red]
         return {
             "audio_us": [ns // 1000 for v in viewers for ns in v.audio_latency_ns],
             "all_us": [ns // 1000 for ns in self.gen.latency_ns],
             "audio_max_gap_ms": [round(v.audio_max_gap_ns / 1e6, 2) for v in viewers],
             "viewers_with_audio": sum(1 for v in viewers if v.audio_latency_ns),
+            "per_viewer": [self.describe(v) for v in viewers],
+            "plain": [self.describe(v) for v in others],
             "window": delta,
+        }
+
+    @staticmethod
+    def describe(v: Any) -> dict[str, Any]:
+        """One viewer: what it negotiated and received (audio PTs of the decrypted packets,
+        RTP of neither stream by PT), and its audio frames."""
+        return {
+            "red_offered": v.red, "red_pt": v.audio_red_pt if v.audio_red_pt >= 0 else None, "audio_pt": v.audio_pt,
+            "audio_pts": {str(pt): n for pt, n in sorted(v.audio_pts.items())},
+            "other_pts": {str(pt): n for pt, n in sorted(v.other_pts.items())},
+            "red_blocks": v.red_blocks, "red_malformed": v.red_malformed,
+            "max_arrival_gap_ms": round(v.audio_max_gap_ns / 1e6, 2),
+            "latency_samples": len(v.audio_latency_ns),
+            **v.audio_frame_stats(),
         }
 
 
@@ -92,7 +126,7 @@ async def publish(args: argparse.Namespace) -> None:
     await wait_healthy(args.url)
     target = make_target(args.url, args.token, args.host)
     await target.start()
-    gen = LoadGen(target, clip, room=args.room)
+    gen = LoadGen(target, clip, room=args.room, red=args.red)
     assert gen.publisher is not None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -100,14 +134,17 @@ async def publish(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         await gen.start()
-        emit({"event": "publishing", "host": args.host, "url": args.url})
+        emit({"event": "publishing", "host": args.host, "url": args.url, "red_offered": args.red,
+              "red_pt": gen.publisher.audio_red_pt if gen.publisher.audio_red_pt >= 0 else None})
         try:
             await asyncio.wait_for(stop.wait(), args.seconds or None)
         except asyncio.TimeoutError:
             pass
         publisher = gen.publisher
         done = {"event": "done", "packets_sent": publisher.packets_sent(), "audio_sent": publisher.audio.count,
-                "keyframe_requests": publisher.keyframe_requests, "bytes_sent": publisher.bytes_sent}
+                "keyframe_requests": publisher.keyframe_requests, "bytes_sent": publisher.bytes_sent,
+                "red_pt": publisher.audio_red_pt if publisher.audio_red_pt >= 0 else None,
+                "red_packets": publisher.red_packets}
     finally:
         await gen.close()
         await target.stop()
@@ -118,11 +155,12 @@ async def view(args: argparse.Namespace) -> None:
     await wait_healthy(args.url)
     target = make_target(args.url, args.token, args.host)
     await target.start()
-    gen = LoadGen(target, None, room=args.room, sample_every=1)
+    gen = LoadGen(target, None, room=args.room, sample_every=1, red=args.red, track_frames=True)
     try:
         await gen.start()
         joined = await gen.add_viewers(args.viewers)
-        emit({"event": "joined", "viewers": joined, "join_errors": dict(gen.join_errors),
+        plain = await gen.add_viewers(args.plain_viewers, red=False) if args.plain_viewers else 0
+        emit({"event": "joined", "viewers": joined, "plain_viewers": plain, "join_errors": dict(gen.join_errors),
               "join_ms": [round(ms, 1) for ms in gen.join_ms]})
         if not joined:
             raise SystemExit(f"no viewer joined: {dict(gen.join_errors)}")
@@ -147,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--viewers", type=int, default=4)
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--seconds", type=float, default=0.0, help="view: the window; publish: run at most this long")
+    parser.add_argument("--red", action="store_true", help="offer RFC 2198 RED for audio (publisher and viewers)")
+    parser.add_argument("--plain-viewers", type=int, default=0,
+                        help="view --red: also this many viewers without RED, reported apart")
     args = parser.parse_args(argv)
     try:
         import uvloop

@@ -31,6 +31,14 @@ Why it is built the way it is:
   ``recv_into`` until EAGAIN on each ready socket): batching several packets
   per socket per sweep halves the cost per packet compared with waking per
   datagram.
+- ``red=True`` (bench/latency, co-performance rooms): the publisher also offers
+  RFC 2198 RED wrapping opus and, if the answer lists red first, sends each
+  Opus frame as RED with the previous frame as one redundant block (distance 1,
+  as Chrome: timestamp offset 960); viewers offer RED too and read every block.
+  Each block's data starts with the stamp the frame carried when first sent, so
+  a viewer learns every audio frame (by its count) from its primary or from the
+  next packet's redundant copy; ``track_frames`` keeps when each became
+  available (:meth:`Viewer.audio_frame_stats`).
 """
 
 from __future__ import annotations
@@ -66,6 +74,8 @@ RTP_FIXED = struct.Struct("!BBHII")
 VP8_DESCRIPTOR_BYTES = 4  # X=1, I=1 with a 15-bit picture id
 VP8_STAMP_OFFSET = VP8_DESCRIPTOR_BYTES + 10  # after the frame tag + keyframe start code + size
 OPUS_STAMP_OFFSET = 0
+RED_TS_OFFSET = 48000 * AUDIO_FRAME_MS // 1000  # the redundant block is the previous frame (distance 1)
+RED_MAX_BLOCK = 0x3FF  # the 10-bit block length of RFC 2198
 MAX_VP8_CHUNK = 1146  # + descriptor = 1,150-byte payloads, ~1,190 bytes on the wire
 PACING_FACTOR = 2.5  # libwebrtc's pacer sends at 2.5x the target bitrate
 PACER_BURST_S = 0.010
@@ -91,6 +101,36 @@ def rtp_payload_offset(packet: bytes) -> int:
     if packet[0] & 0x10:
         offset += 4 + 4 * int.from_bytes(packet[offset + 2:offset + 4], "big")
     return offset
+
+
+def red_blocks(payload: bytes | bytearray, pos: int, end: int) -> list[tuple[int, int, int]] | None:
+    """The blocks of the RFC 2198 RED payload ``payload[pos:end]``: (PT, start, length) of each,
+    the redundant ones in order and the primary last; None if it does not parse.
+
+    Headers of 4 bytes while F is set (F | PT | 14-bit timestamp offset | 10-bit length),
+    a 1-byte header (F=0 | PT) for the primary, then the blocks' data in the same order,
+    the primary's running to the end."""
+    headers: list[tuple[int, int]] = []
+    while True:
+        if pos >= end:
+            return None
+        b0 = payload[pos]
+        if not b0 & 0x80:
+            break
+        if pos + 4 > end:
+            return None
+        headers.append((b0 & 0x7F, (payload[pos + 2] & 0x03) << 8 | payload[pos + 3]))
+        pos += 4
+    primary_pt = payload[pos] & 0x7F
+    pos += 1
+    blocks = []
+    for pt, length in headers:
+        blocks.append((pt, pos, length))
+        pos += length
+    if pos > end:
+        return None
+    blocks.append((primary_pt, pos, end - pos))
+    return blocks
 
 
 def vp8_keyframe_start(payload: bytes) -> bool:
@@ -179,10 +219,10 @@ class RawPeer:
         self.dtls: DtlsEndpoint | None = None
         self.srtp: SrtpSession | None = None
 
-    def local_peer(self, direction: str, **ssrcs: int) -> LocalPeer:
+    def local_peer(self, direction: str, *, red: bool = False, **ssrcs: int) -> LocalPeer:
         return LocalPeer(direction=direction, ice_ufrag=self.ufrag, ice_pwd=self.pwd,
                          fingerprint_sha256=self.certificate.fingerprint_sha256, port=self.port, host=self.host,
-                         **ssrcs)
+                         red=red, **ssrcs)
 
     def send_check(self) -> None:
         """A connectivity (or consent) check, as the controlling agent: we are always the offerer."""
@@ -358,12 +398,21 @@ class Publisher(RawPeer):
     (the server learns each from the rid extension), each layer looping its own clip's
     GOP; ``clip`` then only gives the audio. All layers share one pacer, at 2.5x their
     summed rate, and a PLI/FIR restarts the GOP of the layer(s) it names.
+
+    ``red``: also offer RFC 2198 RED for the Opus track (after opus, as Chrome does); if
+    the answer lists red first, every audio frame goes out as RED under its PT, with the
+    previous frame (as it was sent, stamp included) as one redundant block.
     """
 
     def __init__(self, clip: Clip, certificate: DtlsCertificate, context: Any, *, stamps: bool,
-                 host: str = "127.0.0.1", simulcast: list[tuple[str, Clip]] | None = None) -> None:
+                 host: str = "127.0.0.1", simulcast: list[tuple[str, Clip]] | None = None,
+                 red: bool = False) -> None:
         super().__init__(certificate, context, host=host, rcvbuf=1 << 20)
         self.stamps = stamps
+        self.red = red
+        self.audio_red_pt = -1  # >= 0: sending RED under this PT (the answer asked for it)
+        self._red_previous = b""  # the last frame as sent: the next RED packet's redundant block
+        self.red_packets = 0  # RED packets sent with a redundant block
         self.audio = _Stream(AUDIO_PT, random.getrandbits(32) or 1, AUDIO_MID, 48000)
         self.rtx_ssrc = random.getrandbits(32) or 3
         if simulcast:
@@ -397,15 +446,17 @@ class Publisher(RawPeer):
         if self.rids:
             local = LocalPeer(direction="sendonly", ice_ufrag=self.ufrag, ice_pwd=self.pwd,
                               fingerprint_sha256=self.certificate.fingerprint_sha256, port=self.port, host=self.host,
-                              audio_ssrc=self.audio.ssrc, rids=tuple(self.rids))
+                              audio_ssrc=self.audio.ssrc, rids=tuple(self.rids), red=self.red)
         else:
-            local = self.local_peer("sendonly", audio_ssrc=self.audio.ssrc, video_ssrc=self.video.ssrc,
+            local = self.local_peer("sendonly", red=self.red, audio_ssrc=self.audio.ssrc, video_ssrc=self.video.ssrc,
                                     rtx_ssrc=self.rtx_ssrc)
         remote = await target.publish(room, local)
         if self.rids and remote.simulcast_rids != self.rids:
             await target.end_session(remote)
             raise ConnectError(f"the server accepted simulcast layers {remote.simulcast_rids}, we offered {self.rids}")
         self.audio.pt = remote.audio_pt or AUDIO_PT
+        if self.red and remote.audio_red_first and remote.audio_red_pt is not None:
+            self.audio_red_pt = remote.audio_red_pt
         for layer in self.layers:
             layer.stream.pt = remote.video_pt or VIDEO_PT
         await self.connect(remote)
@@ -430,12 +481,15 @@ class Publisher(RawPeer):
         """Nominal packets per second of each layer's video (key "" without simulcast)."""
         return {layer.stream.rid: sum(map(len, layer.frames)) * FPS / len(layer.frames) for layer in self.layers}
 
-    def _send(self, stream: _Stream, payload: bytearray, marker: bool, ts: int, stamp_offset: int) -> int:
+    def _send(self, stream: _Stream, payload: bytearray, marker: bool, ts: int, stamp_offset: int,
+              pt: int = -1) -> int:
+        """Stamp, number, protect and send one packet of ``stream`` (under ``pt`` if given: RED)."""
         now = time.monotonic_ns()
         if self.stamps and len(payload) >= stamp_offset + STAMP.size:
             STAMP.pack_into(payload, stamp_offset, now, stream.count & 0xFFFFFFFF)
         abs_send_time = ((now << 18) // 1_000_000_000) & 0xFFFFFF
-        packet = (RTP_FIXED.pack(0x90, (0x80 if marker else 0) | stream.pt, stream.seq, ts, stream.ssrc)
+        packet = (RTP_FIXED.pack(0x90, (0x80 if marker else 0) | (pt if pt >= 0 else stream.pt), stream.seq, ts,
+                                 stream.ssrc)
                   + stream.ext_prefix + abs_send_time.to_bytes(3, "big") + stream.ext_suffix + payload)
         stream.seq = (stream.seq + 1) & 0xFFFF
         stream.count += 1
@@ -451,8 +505,28 @@ class Publisher(RawPeer):
     def _send_audio(self) -> None:
         payload = self.audio_frames[self._audio_index]
         self._audio_index = (self._audio_index + 1) % len(self.audio_frames)
-        self._send(self.audio, payload, False, self.audio.ts, OPUS_STAMP_OFFSET)
+        if self.audio_red_pt >= 0:
+            self._send_red(payload)
+        else:
+            self._send(self.audio, payload, False, self.audio.ts, OPUS_STAMP_OFFSET)
         self.audio.ts = (self.audio.ts + 48000 * AUDIO_FRAME_MS // 1000) & 0xFFFFFFFF
+
+    def _send_red(self, frame: bytearray) -> None:
+        """One Opus frame as RFC 2198 RED: the previous frame, as it was sent, in one redundant
+        block (timestamp offset 960, one 20 ms frame), then this one as the primary. The
+        first packet, or one after a frame too long for a block, carries the primary alone."""
+        opus = self.audio.pt
+        previous = self._red_previous
+        if previous and len(previous) <= RED_MAX_BLOCK:
+            header = bytes([0x80 | opus, RED_TS_OFFSET >> 6 & 0xFF, (RED_TS_OFFSET & 0x3F) << 2 | len(previous) >> 8,
+                            len(previous) & 0xFF, opus])
+            self.red_packets += 1
+        else:
+            header, previous = bytes([opus]), b""
+        start = len(header) + len(previous)
+        payload = bytearray(header) + previous + frame
+        self._send(self.audio, payload, False, self.audio.ts, start + OPUS_STAMP_OFFSET, pt=self.audio_red_pt)
+        self._red_previous = bytes(payload[start:])
 
     def _queue_frame(self) -> None:
         """The next frame of every layer, lowest layer first."""
@@ -555,12 +629,30 @@ class Publisher(RawPeer):
 
 
 class Viewer(RawPeer):
-    """One WHEP viewer: counts every packet from its header, decrypts a sample."""
+    """One WHEP viewer: counts every packet from its header, decrypts a sample.
+
+    ``red``: offer RFC 2198 RED for audio too; RED packets (the answer's red PT) count as
+    audio, and a decrypted one yields every block's stamp. ``track_frames``: keep, for
+    each audio frame (by the count in its stamp), when it first became available, from
+    its primary or a later packet's redundant block (every audio packet must be
+    decrypted for that: ``sample_every=1``)."""
 
     def __init__(self, certificate: DtlsCertificate, context: Any, *, stamps: bool, sample_every: int,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", red: bool = False, track_frames: bool = False) -> None:
         super().__init__(certificate, context, host=host, timestamps=True)
         self.stamps = stamps
+        self.red = red
+        self.audio_red_pt = -1  # the answer's RED PT (a RED viewer whose answer kept it)
+        self.track_frames = track_frames
+        # audio frame count -> (when it first became available, its send time), CLOCK_MONOTONIC ns
+        self.frames_ns: dict[int, tuple[int, int]] = {}
+        self.frames_floor: int | None = None  # frames below are before the window
+        self.frames_top = -1  # the highest frame count seen
+        self.red_repaired = 0  # frames first available from a redundant block
+        self.audio_pts: collections.Counter[int] = collections.Counter()  # decrypted audio packets by PT
+        self.red_blocks = 0  # redundant blocks in the RED packets decrypted
+        self.red_malformed = 0  # RED packets that do not parse or carry blocks of another PT than our codec's
+        self.other_pts: collections.Counter[int] = collections.Counter()  # RTP of neither stream, by PT
         self.sample_every = sample_every
         self.video_pt = VIDEO_PT
         self.audio_pt = AUDIO_PT
@@ -584,13 +676,14 @@ class Viewer(RawPeer):
         assert self.remote is not None
         self.video_pt = self.remote.video_pt if self.remote.video_pt is not None else VIDEO_PT
         self.audio_pt = self.remote.audio_pt if self.remote.audio_pt is not None else AUDIO_PT
+        self.audio_red_pt = self.remote.audio_red_pt if self.remote.audio_red_pt is not None else -1
 
     def drain(self, buf: bytearray, bufs: list[bytearray], latency_ns: list[int], clock_offset_ns: int) -> None:
         """Read everything queued on the socket. The hot loop: locals only; per packet it reads
         four header bytes, and decrypts only the sampled ones."""
         recv_into = self.sock.recv_into
         recvmsg_into = self.sock.recvmsg_into
-        vpt, apt = self.video_pt, self.audio_pt
+        vpt, apt, rpt = self.video_pt, self.audio_pt, self.audio_red_pt
         next_video, next_audio = self._next_video, self._next_audio
         video = audio = lost = late = frames = 0
         countdown = self._countdown
@@ -640,7 +733,7 @@ class Viewer(RawPeer):
                     video += 1
                     if b1 & 0x80:
                         frames += 1
-                elif pt == apt:
+                elif pt == apt or pt == rpt:
                     first = next_audio < 0
                     if seq != next_audio and not first:
                         gap = (seq - next_audio) & 0xFFFF
@@ -652,6 +745,7 @@ class Viewer(RawPeer):
                     audio += 1
                 else:
                     self.other += 1
+                    self.other_pts[pt] += 1
                     continue
                 countdown -= 1
                 # A stream's first packet is always decrypted: libsrtp takes the rollover
@@ -686,12 +780,30 @@ class Viewer(RawPeer):
             self.watch_keyframe = False
         if not (arrival_ns and self.stamps):
             return
-        offset += VP8_STAMP_OFFSET if is_video else OPUS_STAMP_OFFSET
+        if is_video:
+            offset += VP8_STAMP_OFFSET
+        else:
+            pt = plain[1] & 0x7F
+            self.audio_pts[pt] += 1
+            if pt == self.audio_red_pt:
+                blocks = red_blocks(plain, offset, len(plain))
+                if blocks is None or any(block_pt != self.audio_pt for block_pt, _, _ in blocks):
+                    self.red_malformed += 1  # not RED, or blocks not renumbered to our codec PT
+                    return
+                for _pt, start, length in blocks[:-1]:
+                    self.red_blocks += 1
+                    if self.track_frames and length >= OPUS_STAMP_OFFSET + STAMP.size:
+                        block_sent_ns, block_count = STAMP.unpack_from(plain, start + OPUS_STAMP_OFFSET)
+                        self._frame_available(block_count, arrival_ns, block_sent_ns, True)
+                offset = blocks[-1][1]
+            offset += OPUS_STAMP_OFFSET
         if len(plain) < offset + STAMP.size:
             return
         sent_ns, count = STAMP.unpack_from(plain, offset)
         latency_ns.append(arrival_ns - sent_ns)
         if not is_video:
+            if self.track_frames:
+                self._frame_available(count, arrival_ns, sent_ns, False)
             self.audio_latency_ns.append(arrival_ns - sent_ns)
             if self.audio_last_ns:
                 self.audio_max_gap_ns = max(self.audio_max_gap_ns, arrival_ns - self.audio_last_ns)
@@ -705,28 +817,84 @@ class Viewer(RawPeer):
             self.misordered += 1
         self._last_count[stream] = count
 
+    def _frame_available(self, count: int, arrival_ns: int, sent_ns: int, redundant: bool) -> None:
+        if count in self.frames_ns or (self.frames_floor is not None and count < self.frames_floor):
+            return
+        self.frames_ns[count] = (arrival_ns, sent_ns)
+        self.frames_top = max(self.frames_top, count)
+        if redundant:
+            self.red_repaired += 1
+
+    def start_frames(self) -> None:
+        """A new window of audio frames: from the frame after the newest seen so far."""
+        self.frames_floor = self.frames_top + 1 if self.frames_top >= 0 else None
+        self.frames_ns = {}
+        self.red_repaired = 0
+
+    def audio_frame_stats(self) -> dict[str, Any]:
+        """Audio frames of the window (``track_frames``), from the first to the newest seen:
+        ``frames`` (that span), ``red_repaired`` (first available from a redundant block),
+        ``unrepaired`` (never available: primary and redundant copy lost), ``max_gap_ms``
+        (the longest time between two consecutive frames becoming available; a frame never
+        available makes the gap span it), where it was (``max_gap_frames``: the counts of
+        the frames on either side; ``max_gap_sent_ms``: how far apart the publisher sent
+        them; ``max_gap_end_us``: send to arrival of the frame that ended it) and
+        ``max_hole_ms`` (the longest run of consecutive frames never available, in audio
+        time)."""
+        frames = self.frames_ns
+        if not frames:
+            return {"frames": 0, "red_repaired": 0, "unrepaired": 0, "max_gap_ms": None, "max_gap_frames": None,
+                    "max_gap_sent_ms": None, "max_gap_end_us": None, "max_hole_ms": 0}
+        lo = self.frames_floor if self.frames_floor is not None else min(frames)
+        hi = max(frames)
+        last: tuple[int, int] | None = None
+        last_count = -1
+        gap = missing = run = longest_run = 0
+        where: tuple[int, int, int, int] | None = None  # frame counts, send gap (ns), end frame's latency (ns)
+        for count in range(lo, hi + 1):
+            frame = frames.get(count)
+            if frame is None:
+                missing += 1
+                run += 1
+                longest_run = max(longest_run, run)
+                continue
+            run = 0
+            if last is not None and frame[0] - last[0] > gap:
+                gap = frame[0] - last[0]
+                where = (last_count, count, frame[1] - last[1], frame[0] - frame[1])
+            last, last_count = frame, count
+        return {"frames": hi - lo + 1, "red_repaired": self.red_repaired, "unrepaired": missing,
+                "max_gap_ms": round(gap / 1e6, 2), "max_gap_frames": list(where[:2]) if where else None,
+                "max_gap_sent_ms": round(where[2] / 1e6, 2) if where else None,
+                "max_gap_end_us": where[3] // 1000 if where else None, "max_hole_ms": longest_run * AUDIO_FRAME_MS}
+
 
 class LoadGen:
     """The publisher, the viewers, the drain sweep and the consent timer, on one event loop.
 
     ``clip`` None: viewers only (``publisher`` is None), for a load generator
     process that watches a room published by another one. ``simulcast``: see
-    :class:`Publisher`.
+    :class:`Publisher`. ``red``: the publisher and (unless ``add_viewers`` says
+    otherwise) the viewers offer RFC 2198 RED for audio. ``track_frames``: viewers
+    keep when each audio frame became available (:meth:`Viewer.audio_frame_stats`).
     """
 
     def __init__(self, target: Target, clip: Clip | None, *, room: str = "fanout", sample_every: int = SAMPLE_EVERY,
-                 join_concurrency: int = 16, simulcast: list[tuple[str, Clip]] | None = None) -> None:
+                 join_concurrency: int = 16, simulcast: list[tuple[str, Clip]] | None = None, red: bool = False,
+                 track_frames: bool = False) -> None:
         self.target = target
         self.clip = clip
         self.room = room
         self.sample_every = sample_every
         self.join_concurrency = join_concurrency
+        self.red = red
+        self.track_frames = track_frames
         self.certificate = DtlsCertificate.generate()  # one for all peers: the fingerprint is per offer anyway
         self.context = self.certificate.context()
         self.publisher: Publisher | None = None
         if clip is not None:
             self.publisher = Publisher(clip, self.certificate, self.context, stamps=target.stamps_survive,
-                                       host=target.peer_host, simulcast=simulcast)
+                                       host=target.peer_host, simulcast=simulcast, red=red)
         self.join_ms: list[float] = []  # WHEP POST to DTLS connected, per successful join
         self.joins_attempted = 0
         self.joins_in_flight = 0
@@ -763,22 +931,23 @@ class LoadGen:
 
     # --- viewers -----------------------------------------------------------------------
 
-    async def _join(self, *, probe: bool = False) -> Viewer | None:
+    async def _join(self, *, probe: bool = False, red: bool | None = None) -> Viewer | None:
         self.joins_attempted += 1
         self.joins_in_flight += 1
         if not self.first_join_ns:
             self.first_join_ns = time.monotonic_ns()
         try:
-            return await self._join_one(probe)
+            return await self._join_one(probe, self.red if red is None else red)
         finally:
             self.joins_in_flight -= 1
 
-    async def _join_one(self, probe: bool) -> Viewer | None:
+    async def _join_one(self, probe: bool, red: bool = False) -> Viewer | None:
         viewer = Viewer(self.certificate, self.context, stamps=self.target.stamps_survive,
-                        sample_every=self.sample_every, host=self.target.peer_host)
+                        sample_every=self.sample_every, host=self.target.peer_host, red=red,
+                        track_frames=self.track_frames)
         viewer.joined_ns = time.monotonic_ns()
         try:
-            remote = await self.target.subscribe(self.room, viewer.local_peer("recvonly"))
+            remote = await self.target.subscribe(self.room, viewer.local_peer("recvonly", red=red))
             viewer.remote = remote
             viewer.set_remote_payload_types()
             viewer.watch_keyframe = probe
@@ -797,13 +966,14 @@ class LoadGen:
         self._epoll.register(viewer.fd, select.EPOLLIN)
         return viewer
 
-    async def add_viewers(self, count: int) -> int:
-        """Join ``count`` viewers, ``join_concurrency`` at a time; return how many made it."""
+    async def add_viewers(self, count: int, *, red: bool | None = None) -> int:
+        """Join ``count`` viewers, ``join_concurrency`` at a time; return how many made it.
+        ``red``: whether they offer RED (default: the generator's ``red``)."""
         gate = asyncio.Semaphore(self.join_concurrency)
 
         async def one() -> Viewer | None:
             async with gate:
-                return await self._join()
+                return await self._join(red=red)
 
         joined = await asyncio.gather(*(one() for _ in range(count)))
         return sum(v is not None for v in joined)

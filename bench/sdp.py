@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 AUDIO_PT = 111
 VIDEO_PT = 96
 RTX_PT = 97
+AUDIO_RED_PT = 63  # RFC 2198 RED wrapping opus, Chrome's number (offered with ``red=True``)
 EXT_MID_ID = 1
 EXT_ABS_SEND_TIME_ID = 2
 EXT_RID_ID = 3  # simulcast publishers only (RFC 8852)
@@ -42,6 +43,7 @@ class LocalPeer:
     video_ssrc: int = 0
     rtx_ssrc: int = 0
     rids: tuple[str, ...] = ()  # a simulcast publisher's layers, lowest first (video_ssrc unused)
+    red: bool = False  # also offer RFC 2198 RED wrapping opus, after it (as Chrome does)
 
     def offer(self) -> str:
         """A WHIP/WHEP offer: BUNDLEd opus + VP8 (with RTX), rtcp-mux, mid and abs-send-time.
@@ -52,6 +54,8 @@ class LocalPeer:
         offers rid simulcast as Chrome does (RFC 8853): the rid extension,
         ``a=rid:<id> send`` per layer, ``a=simulcast:send l;m;h``, and no
         video SSRCs (the server learns them from the rid on the packets).
+        ``red``: the audio m-line also offers ``red/48000/2`` with ``a=fmtp:63 111/111``
+        after opus, as Chrome does; a server that wants RED lists it first in its answer.
         """
         common = [
             f"c=IN IP4 {self.host}",
@@ -66,8 +70,11 @@ class LocalPeer:
         ]
         candidate = self._candidate()
         sending = self.direction == "sendonly"
-        audio = [f"m=audio 9 UDP/TLS/RTP/SAVPF {AUDIO_PT}", f"a=mid:{AUDIO_MID}", *common,
+        audio_formats = f"{AUDIO_PT} {AUDIO_RED_PT}" if self.red else f"{AUDIO_PT}"
+        audio = [f"m=audio 9 UDP/TLS/RTP/SAVPF {audio_formats}", f"a=mid:{AUDIO_MID}", *common,
                  f"a=rtpmap:{AUDIO_PT} opus/48000/2", f"a=fmtp:{AUDIO_PT} minptime=10;useinbandfec=1"]
+        if self.red:
+            audio += [f"a=rtpmap:{AUDIO_RED_PT} red/48000/2", f"a=fmtp:{AUDIO_RED_PT} {AUDIO_PT}/{AUDIO_PT}"]
         if sending:
             audio += [f"a=msid:{CNAME} audio", f"a=ssrc:{self.audio_ssrc} cname:{CNAME}"]
         video = [f"m=video 9 UDP/TLS/RTP/SAVPF {VIDEO_PT} {RTX_PT}", f"a=mid:{VIDEO_MID}", *common,
@@ -144,12 +151,14 @@ class RemotePeer:
     fingerprint: tuple[str, str]  # (algorithm, "AA:BB:...")
     address: tuple[str, int]  # the server's UDP candidate
     dtls_role: str  # OUR role: "client" | "server"
-    audio_pt: int | None = None
+    audio_pt: int | None = None  # the audio codec's PT (never RED's)
     video_pt: int | None = None
     rtx_pt: int | None = None
     ssrcs: dict[str, list[int]] = field(default_factory=dict)  # kind -> SSRCs the server sends
     location: str = ""  # resource URL to DELETE (WHIP/WHEP)
     simulcast_rids: list[str] = field(default_factory=list)  # the answer's a=simulcast:recv layers
+    audio_red_pt: int | None = None  # RFC 2198 RED on the audio m-line, if answered
+    audio_red_first: bool = False  # ... and listed first: the server asks the publisher to send RED
 
     @classmethod
     def from_answer(cls, sdp: str, location: str = "") -> "RemotePeer":
@@ -159,6 +168,7 @@ class RemotePeer:
         address: tuple[str, int] | None = None
         pts: dict[str, list[int]] = {}
         rtx: int | None = None
+        red: int | None = None
         ssrcs: dict[str, list[int]] = {}
         simulcast: list[str] = []
         kind = ""
@@ -182,6 +192,9 @@ class RemotePeer:
                 c = line.split(":", 1)[1].split()
                 if c[2].lower() == "udp" and c[1] == "1" and "." in c[4]:
                     address = (c[4], int(c[5]))
+            elif line.startswith("a=rtpmap:") and kind == "audio" and red is None \
+                    and line.split(None, 1)[-1].lower().startswith("red/"):
+                red = int(line[9:].split()[0])
             elif line.startswith("a=fmtp:") and "apt=" in line and kind == "video":
                 rtx = int(line[7:].split()[0])
             elif line.startswith("a=simulcast:recv ") and kind == "video":
@@ -193,10 +206,14 @@ class RemotePeer:
         if not (ufrag and pwd and fingerprint and setup and address):
             raise ValueError("answer lacks ICE credentials, fingerprint, setup or a UDP candidate")
         audio_pts = pts.get("audio", [])
+        if red not in audio_pts:
+            red = None
+        red_first = bool(audio_pts) and red is not None and audio_pts[0] == red
+        audio_pts = [p for p in audio_pts if p != red]
         video_pts = [p for p in pts.get("video", []) if p != rtx]
         return cls(
             ice_ufrag=ufrag, ice_pwd=pwd, ice_lite="a=ice-lite" in sdp, fingerprint=fingerprint,
             address=address, dtls_role="server" if setup == "active" else "client",
             audio_pt=audio_pts[0] if audio_pts else None, video_pt=video_pts[0] if video_pts else None, rtx_pt=rtx,
-            ssrcs=ssrcs, location=location, simulcast_rids=simulcast,
+            ssrcs=ssrcs, location=location, simulcast_rids=simulcast, audio_red_pt=red, audio_red_first=red_first,
         )

@@ -2,11 +2,15 @@
 
 Runs ``python -m bench.latency`` (two namespaces joined by a veth, a node in each, Redis in
 A, the QUIC relay between them through the delay relay, 5 % loss each way by iptables; the
-publisher in A, viewers in B) for a few seconds and checks its last line: the JSON parses
-with the promised keys, viewers in B received audio (with latency samples), the media
-crossed the veth both ways through the delay relay, the loss rules dropped datagrams both
-ways, and afterwards nothing of the run is left (namespaces, veths, iptables rules,
-processes). Timing is the benchmark's business (bench/README.md), not this test's.
+publisher in A, viewers in B, in a co-performance room with RFC 2198 RED) for a few
+seconds and checks its last line: the JSON parses with the promised keys, viewers in B
+received audio (with latency samples), the server asked the publisher for RED and sent
+RED to the viewers that offered it (their PT, blocks renumbered to their opus PT), some
+frames lost on the path were rebuilt from the next packet's redundant block, the viewer
+without RED got the primary alone (its opus PT, no repair), the media crossed the veth
+both ways through the delay relay, the loss rules dropped datagrams both ways, and
+afterwards nothing of the run is left (namespaces, veths, iptables rules, processes).
+Timing is the benchmark's business (bench/README.md), not this test's.
 
 ``BENCH_SERVER_SRC=DIR`` runs the nodes from another checkout's ``sfu`` (``--server-src``),
 for a machine where the working tree's server is being edited.
@@ -30,7 +34,8 @@ from bench.netsites import leftovers  # noqa: E402
 
 KEYS = ("added_p50_ms", "added_p99_ms", "max_gap_ms", "path_delay_ms", "path_loss", "viewers", "seconds",
         "video_added_p50_ms", "video_added_p99_ms", "audio_samples", "loss_after_repair", "path_datagrams",
-        "path_dropped")
+        "path_dropped", "max_arrival_gap_ms", "red_repaired", "unrepaired", "audio_frames", "max_hole_ms", "red",
+        "plain")
 
 
 def _processes_mentioning(text: str) -> list[str]:
@@ -68,6 +73,30 @@ def test_latency_bench_two_namespaces() -> None:
     assert last["audio_received"] > 0 and last["audio_samples"] > 0
     assert isinstance(last["added_p50_ms"], float) and isinstance(last["added_p99_ms"], float)
     assert last["decrypt_failures"] == 0 and last["misordered"] == 0
+    assert isinstance(last["max_gap_ms"], float) and isinstance(last["max_arrival_gap_ms"], float)
+
+    # RED: the room is a co-performance room, so the answer asked the publisher for RED
+    # (it offered red after opus, as Chrome does) and it sent it.
+    assert last["red"] is True and last["room"].startswith("choir-")
+    assert last["publisher_red_pt"] is not None and last["publisher_red_packets"] > 0
+    # The viewers that offered RED received RED only, under their RED PT, every block of
+    # their opus PT, each packet with the previous frame in a redundant block.
+    red_pts = [str(pt) for pt in last["viewer_red_pts"]]
+    assert len(red_pts) == 1
+    assert set(last["audio_pts"]) == set(red_pts), last["audio_pts"]
+    assert last["red_malformed"] == 0 and last["red_blocks"] > 0
+    assert red_pts[0] not in last["other_pts"]
+    # At 5 % loss some frames whose packet was lost came from the next packet's copy.
+    assert last["red_repaired"] > 0 and all(n > 0 for n in last["red_repaired_per_viewer"])
+    assert last["audio_frames"] > 0
+    assert last["red_repaired"] + last["unrepaired"] <= last["audio_frames"]
+    # The viewer without RED beside them got the primary encoding alone, unrepaired.
+    plain = last["plain"]
+    assert last["plain_viewers"] == 1 and plain is not None
+    assert set(plain["audio_pts"]) == {"111"}, plain["audio_pts"]
+    assert not set(plain["other_pts"]) & set(red_pts)
+    assert plain["red_blocks"] == 0 and plain["red_repaired"] == 0
+    assert plain["audio_frames"] > 0 and plain["unrepaired"] > 0
 
     # The media crossed the veth, through the delay relay, both ways (media A->B; QUIC
     # acknowledgements and the viewers' feedback B->A), and the veth saw at least that.
