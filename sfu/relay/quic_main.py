@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 from typing import Any
 
 import uvloop
 
-from .. import control
+from .. import control, loop_lag
 from ..logs import configure_logging, get_logger
 from .quic_endpoint import QuicEndpoint
 
@@ -52,6 +53,12 @@ async def run(args: argparse.Namespace) -> None:
                             hello_key=bytes.fromhex(os.environ[HELLO_KEY_ENV]) if os.environ.get(HELLO_KEY_ENV)
                             else None, log=log)
     await endpoint.start()
+    # Every relayed packet crosses this process: a stall here is a gap at every site. Stalls
+    # and long collector passes are logged; what start-up made is frozen out of the
+    # collector's way (aioquic allocates per datagram, so its passes come often).
+    lag = asyncio.get_running_loop().create_task(loop_lag.watch(log, process="quic-relay"))
+    loop_lag.watch_gc(log, process="quic-relay")
+    gc.freeze()
     reader, writer = await asyncio.open_unix_connection(args.control_path)
     channel = control.Channel(reader, writer, _Listener(endpoint))
     channel.notify(control.Hello(shard_id=-2, pid=os.getpid(), rtc_port=endpoint.local_port, fingerprint_sha256=""))
@@ -61,6 +68,7 @@ async def run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
     await asyncio.wait([stop, channel.closed], return_when=asyncio.FIRST_COMPLETED)
+    lag.cancel()
     await endpoint.close()
     channel.close()
 
