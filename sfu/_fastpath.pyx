@@ -300,6 +300,7 @@ DROP_REASONS = (
     "rtcp_malformed", "waiting_for_keyframe", "nack_not_in_buffer", "srtp_protect_failed",
     "send_failed", "pacer_queue_full", "pacer_expired", "unknown_protocol", "empty_datagram",
     "nack_over_budget", "pacer_superseded", "red_malformed", "late_before_switch",
+    "held_for_switch", "nack_held",
 )
 cdef enum Drop:
     D_UNKNOWN_ADDRESS, D_SRTP_NOT_READY, D_SRTP_UNPROTECT, D_SRTCP_UNPROTECT,
@@ -307,7 +308,8 @@ cdef enum Drop:
     D_RTP_UNKNOWN_SSRC, D_RTP_UNEXPECTED_PT, D_RTP_PADDING_ONLY, D_RTX_NO_OSN,
     D_RTCP_MALFORMED, D_WAITING_KEYFRAME, D_NACK_NOT_IN_BUFFER, D_SRTP_PROTECT,
     D_SEND_FAILED, D_PACER_QUEUE_FULL, D_PACER_EXPIRED, D_UNKNOWN_PROTOCOL, D_EMPTY,
-    D_NACK_OVER_BUDGET, D_PACER_SUPERSEDED, D_RED_MALFORMED, D_LATE_BEFORE_SWITCH, D_COUNT
+    D_NACK_OVER_BUDGET, D_PACER_SUPERSEDED, D_RED_MALFORMED, D_LATE_BEFORE_SWITCH,
+    D_HELD_FOR_SWITCH, D_NACK_HELD, D_COUNT
 
 
 cdef struct Hdr:
@@ -754,6 +756,7 @@ cdef struct ConsumerRec:
     double keyframe_asked
     # simulcast: the layer (producer) to move to at its next keyframe, and continuity
     int target
+    int hold           # nothing of the current layer goes out until the next keyframe (set_consumer_producer)
     int is_vp8
     uint16_t last_seq  # the newest (highest) sequence number sent, in the viewer's numbering
     uint32_t last_ts   # ... its timestamp, and when it went
@@ -772,6 +775,7 @@ cdef struct ConsumerRec:
     uint32_t prev_ts_offset
     uint16_t prev_pic_offset
     uint8_t prev_tl0_offset
+    int prev_held      # ... and it was held until the renumbering: what it sent is not repaired
     int late_run       # packets in a row dropped as older than switch_seq
     int fraction_lost  # from the viewer's last receiver report, /256
     uint32_t reports   # receiver reports received about this consumer
@@ -1205,8 +1209,11 @@ cdef class Engine:
         for i in range(pr.n_consumers):
             if self.consumers[pr.consumers[i]].producer == p:
                 self.consumers[pr.consumers[i]].producer = -1
-            else:  # waiting to move here
+            else:  # waiting to move here: the move is off
                 self.consumers[pr.consumers[i]].target = -1
+                if self.consumers[pr.consumers[i]].hold and self.consumers[pr.consumers[i]].producer >= 0:
+                    # ... and its held layer resumes at its next keyframe
+                    self._keyframe_request(self.consumers[pr.consumers[i]].producer, _now())
         pr.n_consumers = 0
         self.transports[pr.transport].n_producers -= 1
         free(pr.ring)
@@ -1220,6 +1227,7 @@ cdef class Engine:
         pr.cap_consumers = 0
         pr.level_sum = pr.level_count = pr.level_voiced = 0
         pr.in_use = 0
+        self._flush()
 
     def producer_ssrc(self, int p):
         cdef ProducerRec* pr = self._producer(p)
@@ -1335,13 +1343,23 @@ cdef class Engine:
                 pr.n_consumers -= 1
                 return
 
-    def set_consumer_producer(self, int c, int p):
+    def set_consumer_producer(self, int c, int p, bint hold=False):
         """Move a consumer to another layer (producer) of its track.
 
         The move happens on that layer's next keyframe, so the viewer's decoder
         never sees a frame that references one it lacks; until then the consumer
         keeps its current layer. Sequence numbers, timestamps and VP8 picture ids
         continue where they were.
+
+        ``hold``: from now until the consumer's next keyframe, send nothing more of
+        the current layer (what it sends, what waits in the pacer, repairs of what
+        it sent), and after that keyframe repair nothing the layer sent. For a move
+        down on a congested link: the old layer is what overfills it, and the queue
+        it built up in the network must drain before the new layer's keyframe gets
+        there whole. Held packets are never numbered, so the viewer sees no gap. A
+        held layer cannot resume mid-stream: a later move without ``hold`` keeps it
+        held, and moving back to it (calling the move off) resumes it at its next
+        keyframe, asked for.
         """
         cdef ConsumerRec* cr = self._consumer(c)
         cdef ProducerRec* pr = self._producer(p)
@@ -1349,14 +1367,24 @@ cdef class Engine:
             self._list_remove(&self.producers[cr.target], c)
             cr.target = -1
         if p == cr.producer:
+            if cr.hold:
+                self._keyframe_request(p, _now())
+                self._flush()
             return
         if not cr.started or cr.producer < 0:
             if cr.producer >= 0:
                 self._list_remove(&self.producers[cr.producer], c)
             cr.producer = p
             cr.is_vp8 = pr.codec == 1
+            cr.hold = 0
         else:
             cr.target = p
+            if hold and not cr.hold:
+                cr.hold = 1
+                if cr.q_len:
+                    self.drops[<int>D_HELD_FOR_SWITCH] += cr.q_len
+                    cr.q_len = 0
+                    self.paced_consumers -= 1
         self._list_add(pr, c)
         self._keyframe_request(p, _now())
         self._flush()
@@ -1392,7 +1420,7 @@ cdef class Engine:
                 "nacks_served": cr.nacks_served, "started": bool(cr.started), "paced": cr.q_len,
                 "fraction_lost": cr.fraction_lost / 256.0, "reports": cr.reports,
                 "probe_bytes": cr.probe_bytes, "tid_max": cr.tid_max, "tid_dropped": cr.tid_dropped,
-                "rtt_s": cr.rtt if cr.rtt >= 0 else 0.0}
+                "rtt_s": cr.rtt if cr.rtt >= 0 else 0.0, "held": bool(cr.hold)}
 
     def set_consumer_temporal(self, int c, int tid_max, bint until_switch=False):
         """Send VP8 temporal layers up to ``tid_max`` only (-1: all of them).
@@ -1795,6 +1823,15 @@ cdef class Engine:
                 cr.q_len = 0
                 self.paced_consumers -= 1
             self._switch(c, p, h, now)
+        elif cr.hold:
+            if cr.target >= 0 or not key:
+                self.drops[<int>D_HELD_FOR_SWITCH] += 1
+                return
+            # The move was called off: the held layer resumes at its keyframe, numbered
+            # on from the newest packet sent (its held packets never got numbers).
+            cr.hold = 0
+            self._renumber(cr, p, h, now, True)
+            cr.prev_held = 1
         if not cr.started:
             if cr.is_video and not key:
                 self._wait_keyframe(cr, p, now)
@@ -1892,10 +1929,12 @@ cdef class Engine:
         cdef ConsumerRec* cr = &self.consumers[c]
         cdef ProducerRec* pr = &self.producers[p]
         cdef int old = cr.producer
+        cdef int held = cr.hold
         if cr.producer >= 0:
             self._list_remove(&self.producers[cr.producer], c)
         cr.producer = p
         cr.target = -1
+        cr.hold = 0
         cr.is_vp8 = pr.codec == 1
         if cr.tid_until_switch:
             cr.tid_max = -1
@@ -1903,6 +1942,13 @@ cdef class Engine:
         if cr.started:
             # Layers have unrelated timestamp bases: carry on from ours by the time elapsed.
             self._renumber(cr, old, h, now, False)
+            cr.prev_held = held
+        if held and self.pacer_enabled:
+            # The link is congested and the hold saved up a full bucket: the keyframe leaves
+            # at the pacing rate instead of as one burst into the queue it waits behind.
+            self._refill(&self.transports[cr.transport], now)
+            if self.transports[cr.transport].tokens > 0:
+                self.transports[cr.transport].tokens = 0
 
     cdef void _renumber(self, ConsumerRec* cr, int old, Hdr* h, double now, bint keep_ts) noexcept nogil:
         """Continue the viewer's numbering at this packet (a keyframe for video) from the
@@ -1916,6 +1962,7 @@ cdef class Engine:
         cr.prev_ts_offset = cr.ts_offset
         cr.prev_pic_offset = cr.pic_offset
         cr.prev_tl0_offset = cr.tl0_offset
+        cr.prev_held = 0
         cr.switched = 1
         cr.switch_seq = (cr.last_seq + 1) & 0xFFFF
         cr.seq_offset = (cr.switch_seq - h.seq) & 0xFFFF
@@ -2166,8 +2213,8 @@ cdef class Engine:
             cap = 1500
         if cr.probe_tokens > cap:
             cr.probe_tokens = cap
-        if not cr.started or cr.producer < 0 or cr.q_len or not tr.has_addr or not tr.ready:
-            return  # nothing sent yet to copy, or the pacer is behind already
+        if not cr.started or cr.producer < 0 or cr.q_len or cr.hold or not tr.has_addr or not tr.ready:
+            return  # nothing sent yet to copy, the pacer is behind already, or the link is congested
         if self.pacer_enabled:
             self._refill(tr, now)
         while cr.probe_tokens > 0 and (not self.pacer_enabled or tr.tokens > 0):
@@ -2531,6 +2578,11 @@ cdef class Engine:
         cdef int n
         if cr.producer < 0 or not cr.started or not cr.nack:
             return
+        if cr.hold or (cr.prev_held and cr.switched and ((seq - cr.switch_seq) & 0xFFFF) >= 0x8000):
+            # Held for a move down (set_consumer_producer): repairs would only add to the
+            # queue the new layer's keyframe waits behind; the viewer skips to that keyframe.
+            self.drops[<int>D_NACK_HELD] += 1
+            return
         if cr.pad_seq != NULL and cr.pad_seq[seq % RING] == seq:
             # It went out as padding (a dropped temporal layer): the same padding again.
             n = self._padding(cr, self._out_slot(), seq, cr.pad_ts[seq % RING])
@@ -2611,7 +2663,11 @@ cdef class Engine:
         if c < 0 or self.consumers[c].producer < 0:
             return
         self.keyframe_requests_received += 1
-        self._keyframe_request(self.consumers[c].producer, now)
+        if self.consumers[c].hold and self.consumers[c].target >= 0:
+            # Its current layer is held: the keyframe that helps is the one it waits for.
+            self._keyframe_request(self.consumers[c].target, now)
+        else:
+            self._keyframe_request(self.consumers[c].producer, now)
 
     cdef void _keyframe_request(self, int p, double now) except *:
         """At most one PLI per interval; requests inside it ride on one sent at its end."""

@@ -248,13 +248,15 @@ DROP_REASONS = (
     "rtcp_malformed", "waiting_for_keyframe", "nack_not_in_buffer", "srtp_protect_failed",
     "send_failed", "pacer_queue_full", "pacer_expired", "unknown_protocol", "empty_datagram",
     "nack_over_budget", "pacer_superseded", "red_malformed", "late_before_switch",
+    "held_for_switch", "nack_held",
 )
 (D_UNKNOWN_ADDRESS, D_SRTP_NOT_READY, D_SRTP_UNPROTECT, D_SRTCP_UNPROTECT,
  D_RTP_TRUNCATED, D_RTP_BAD_VERSION, D_RTP_BAD_PADDING, D_RTP_BAD_EXTENSION, D_RTP_TOO_LARGE,
  D_RTP_UNKNOWN_SSRC, D_RTP_UNEXPECTED_PT, D_RTP_PADDING_ONLY, D_RTX_NO_OSN,
  D_RTCP_MALFORMED, D_WAITING_KEYFRAME, D_NACK_NOT_IN_BUFFER, D_SRTP_PROTECT,
  D_SEND_FAILED, D_PACER_QUEUE_FULL, D_PACER_EXPIRED, D_UNKNOWN_PROTOCOL, D_EMPTY,
- D_NACK_OVER_BUDGET, D_PACER_SUPERSEDED, D_RED_MALFORMED, D_LATE_BEFORE_SWITCH) = range(len(DROP_REASONS))
+ D_NACK_OVER_BUDGET, D_PACER_SUPERSEDED, D_RED_MALFORMED, D_LATE_BEFORE_SWITCH,
+ D_HELD_FOR_SWITCH, D_NACK_HELD) = range(len(DROP_REASONS))
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -542,7 +544,7 @@ class _Consumer:
                  "pic_reset", "fraction_lost", "reports", "prev_producer", "prev_start_seq", "prev_seq_offset",
                  "prev_ts_offset", "prev_pic_offset", "prev_tl0_offset", "probe_rate", "probe_tokens", "probe_at",
                  "probe_k", "probe_bytes", "tid_max", "tid_dropped", "tid_until_switch", "pad", "late_run",
-                 "sr_lsr", "sr_at", "rtt")
+                 "sr_lsr", "sr_at", "rtt", "hold", "prev_held")
 
 
 def _slot(records: list, record: object) -> int:
@@ -806,8 +808,11 @@ class Engine:
         for c in pr.consumers:
             if self._consumers[c].producer == p:
                 self._consumers[c].producer = -1
-            else:  # waiting to move here
+            else:  # waiting to move here: the move is off
                 self._consumers[c].target = -1
+                if self._consumers[c].hold and self._consumers[c].producer >= 0:
+                    # ... and its held layer resumes at its next keyframe
+                    self._keyframe_request(self._consumers[c].producer, time.monotonic())
         pr.consumers.clear()
         self._transports[pr.transport].n_producers -= 1
         pr.ring = None
@@ -895,6 +900,8 @@ class Engine:
         cr.keyframe_asked = -1e9
         cr.queue = deque()
         cr.target = -1
+        cr.hold = False   # nothing of the current layer goes out until the next keyframe (set_consumer_producer)
+        cr.prev_held = False  # ... and what went out before the last renumbering was held: not repaired
         cr.is_vp8 = pr.codec == CODEC_VP8
         cr.last_seq = cr.last_ts = 0
         cr.last_at = 0.0
@@ -930,22 +937,35 @@ class Engine:
                 consumers.pop()
                 return
 
-    def set_consumer_producer(self, c: int, p: int) -> None:
-        """Move a consumer to another layer (producer) of its track, at that layer's next keyframe."""
+    def set_consumer_producer(self, c: int, p: int, hold: bool = False) -> None:
+        """Move a consumer to another layer (producer) of its track, at that layer's next keyframe.
+
+        ``hold``: nothing more of the current layer until the consumer's next keyframe
+        (media, pacer queue, repairs), and no repairs of it after; a held layer resumes
+        only at a keyframe of its own (see the compiled engine)."""
         cr = self._consumer(c)
         pr = self._producer(p)
         if cr.target >= 0:
             self._list_remove(self._producers[cr.target].consumers, c)
             cr.target = -1
         if p == cr.producer:
+            if cr.hold:
+                self._keyframe_request(p, time.monotonic())
             return
         if not cr.started or cr.producer < 0:
             if cr.producer >= 0:
                 self._list_remove(self._producers[cr.producer].consumers, c)
             cr.producer = p
             cr.is_vp8 = pr.codec == CODEC_VP8
+            cr.hold = False
         else:
             cr.target = p
+            if hold and not cr.hold:
+                cr.hold = True
+                if cr.queue:
+                    self._drops[D_HELD_FOR_SWITCH] += len(cr.queue)
+                    cr.queue.clear()
+                    self._paced_consumers -= 1
         pr.consumers.append(c)
         self._keyframe_request(p, time.monotonic())
 
@@ -972,7 +992,7 @@ class Engine:
                 "nacks_served": cr.nacks_served, "started": bool(cr.started), "paced": len(cr.queue),
                 "fraction_lost": cr.fraction_lost / 256.0, "reports": cr.reports,
                 "probe_bytes": cr.probe_bytes, "tid_max": cr.tid_max, "tid_dropped": cr.tid_dropped,
-                "rtt_s": cr.rtt if cr.rtt >= 0 else 0.0}
+                "rtt_s": cr.rtt if cr.rtt >= 0 else 0.0, "held": cr.hold}
 
     def set_consumer_temporal(self, c: int, tid_max: int, until_switch: bool = False) -> None:
         """Send VP8 temporal layers up to ``tid_max`` only (-1: all of them).
@@ -1303,6 +1323,14 @@ class Engine:
                 cr.queue.clear()
                 self._paced_consumers -= 1
             self._switch(c, p, h, now)
+        elif cr.hold:
+            if cr.target >= 0 or not key:
+                self._drops[D_HELD_FOR_SWITCH] += 1
+                return
+            # The move was called off: the held layer resumes at its keyframe.
+            cr.hold = False
+            self._renumber(cr, p, h, now, True)
+            cr.prev_held = True
         if not cr.started:
             if cr.is_video and not key:
                 self._wait_keyframe(cr, p, now)
@@ -1395,10 +1423,12 @@ class Engine:
         cr = self._consumers[c]
         pr = self._producers[p]
         old = cr.producer
+        held = cr.hold
         if cr.producer >= 0:
             self._list_remove(self._producers[cr.producer].consumers, c)
         cr.producer = p
         cr.target = -1
+        cr.hold = False
         cr.is_vp8 = pr.codec == CODEC_VP8
         if cr.tid_until_switch:
             cr.tid_max = -1
@@ -1406,6 +1436,12 @@ class Engine:
         if cr.started:
             # Layers have unrelated timestamp bases: carry on from ours by the time elapsed.
             self._renumber(cr, old, h, now, False)
+            cr.prev_held = held
+        if held and self.pacer_enabled:
+            # The keyframe leaves at the pacing rate, not as a burst of what the hold saved up.
+            tr = self._transports[cr.transport]
+            self._refill(tr, now)
+            tr.tokens = min(tr.tokens, 0.0)
 
     def _renumber(self, cr: _Consumer, old: int, h: _Hdr, now: float, keep_ts: bool) -> None:
         """Continue the viewer's numbering at this packet (a keyframe for video) from the
@@ -1416,6 +1452,7 @@ class Engine:
         cr.prev_start_seq = cr.switch_seq if cr.switched else cr.first_seq
         cr.prev_seq_offset, cr.prev_ts_offset = cr.seq_offset, cr.ts_offset
         cr.prev_pic_offset, cr.prev_tl0_offset = cr.pic_offset, cr.tl0_offset
+        cr.prev_held = False
         cr.switched = True
         cr.switch_seq = (cr.last_seq + 1) & 0xFFFF
         cr.seq_offset = (cr.switch_seq - h.seq) & 0xFFFF
@@ -1603,8 +1640,8 @@ class Engine:
         cr.probe_tokens += (now - cr.probe_at) * cr.probe_rate
         cr.probe_at = now
         cr.probe_tokens = min(cr.probe_tokens, max(cr.probe_rate * PROBE_BURST_S, 1500.0))
-        if not cr.started or cr.producer < 0 or cr.queue or not tr.has_addr or not tr.ready:
-            return  # nothing sent yet to copy, or the pacer is behind already
+        if not cr.started or cr.producer < 0 or cr.queue or cr.hold or not tr.has_addr or not tr.ready:
+            return  # nothing sent yet to copy, the pacer is behind already, or the link is congested
         skipped = 0
         if self.pacer_enabled:
             self._refill(tr, now)
@@ -1890,6 +1927,11 @@ class Engine:
         cr = self._consumers[c]
         if cr.producer < 0 or not cr.started or not cr.nack:
             return
+        if cr.hold or (cr.prev_held and cr.switched and ((seq - cr.switch_seq) & 0xFFFF) >= 0x8000):
+            # Held for a move down: repairs would only add to the queue the new layer's
+            # keyframe waits behind; the viewer skips to that keyframe.
+            self._drops[D_NACK_HELD] += 1
+            return
         if cr.pad is not None and cr.pad[seq % RING][0] == seq:
             # It went out as padding (a dropped temporal layer): the same padding again.
             out = self._padding(cr, seq, cr.pad[seq % RING][1])
@@ -1963,7 +2005,9 @@ class Engine:
         if c < 0 or self._consumers[c].producer < 0:
             return
         self.keyframe_requests_received += 1
-        self._keyframe_request(self._consumers[c].producer, now)
+        cr = self._consumers[c]
+        # A held layer's keyframe would not be sent: ask for the one the consumer waits for.
+        self._keyframe_request(cr.target if cr.hold and cr.target >= 0 else cr.producer, now)
 
     def _keyframe_request(self, p: int, now: float) -> None:
         """At most one PLI per interval; requests inside it ride on one sent at its end."""

@@ -34,6 +34,13 @@ PACING_FACTOR = 1.5
 steady media never waits, low enough that a keyframe burst does not overflow a link
 that carries the layer."""
 
+CONGESTED_PACING_FACTOR = 1.0
+CONGESTED_PACING_S = 2.0
+"""For this long after a move down on a congested link, pace at the estimate itself:
+the link's queue is full of the layer just left, and the lower layer's keyframe must
+not arrive on top of it faster than the estimate (itself still above what the link
+carries: a receiver's estimate lags a sudden narrowing) says the link drains."""
+
 MIN_PACING_BPS = 100_000.0
 """Never pace below this: an estimate can be briefly very low, and audio-sized links
 are not what video viewers sit on."""
@@ -58,6 +65,7 @@ class ViewerBandwidth:
         self._loss_at: float | None = None
         self.twcc_bps: float | None = None
         self._twcc_at: float | None = None
+        self._congested_at: float | None = None
 
     def on_sent(self, total_bytes: int, now: float) -> None:
         """The transport's sent-bytes counter, sampled; updates the smoothed send rate."""
@@ -87,6 +95,10 @@ class ViewerBandwidth:
         elif fraction_lost <= LOSS_HIGH_FRACTION and (self._loss_at is None or now - self._loss_at > 0.5):
             self._loss_bps = self._loss_at = None
 
+    def on_congestion(self, now: float) -> None:
+        """A viewer of this transport moved down because its link is congested."""
+        self._congested_at = now
+
     def estimate_bps(self, now: float) -> float | None:
         """What the link carries, as far as anyone can tell (None: no idea yet)."""
         loss = self._loss_bps if self._loss_at is not None and now - self._loss_at <= LOSS_ESTIMATE_TTL_S else None
@@ -102,4 +114,7 @@ class ViewerBandwidth:
         the smaller layer's keyframe at once rather than seconds of stale packets.
         """
         estimate = self.estimate_bps(now)
-        return 0.0 if estimate is None else max(MIN_PACING_BPS, estimate * PACING_FACTOR)
+        if estimate is None:
+            return 0.0
+        congested = self._congested_at is not None and now - self._congested_at < CONGESTED_PACING_S
+        return max(MIN_PACING_BPS, estimate * (CONGESTED_PACING_FACTOR if congested else PACING_FACTOR))

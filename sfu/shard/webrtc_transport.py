@@ -153,6 +153,15 @@ class WebRtcTransport:
             if stats["reports"] != self._reports_seen.get(consumer.slot):
                 self._reports_seen[consumer.slot] = stats["reports"]
                 self.bandwidth.on_loss_report(stats["fraction_lost"], now)
+        self._update_pacing(now)
+
+    def on_congested_switch(self, now: float) -> None:
+        """A consumer moved down on a congested link (its old layer held): pace at the
+        estimate at once, not from the next tick (``ViewerBandwidth.on_congestion``)."""
+        self.bandwidth.on_congestion(now)
+        self._update_pacing(now)
+
+    def _update_pacing(self, now: float) -> None:
         # Only a viewer with a simulcast track has a smaller layer to move to; pacing a
         # single-layer viewer below what its publisher sends would only add delay.
         simulcast = any(c.simulcast for c in self.consumers.values())
@@ -160,7 +169,7 @@ class WebRtcTransport:
         # Re-set only on a 10 % change: the estimate wobbles every report.
         if (pacing == 0) != (self._pacing_bps == 0) or abs(pacing - self._pacing_bps) > 0.1 * self._pacing_bps:
             self._pacing_bps = pacing
-            engine.set_transport_pacing(self.slot, pacing)
+            self.shard.engine.set_transport_pacing(self.slot, pacing)
 
     # --- lifecycle ---------------------------------------------------------------------
 

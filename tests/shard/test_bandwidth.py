@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sfu.shard.bandwidth import LOSS_ESTIMATE_TTL_S, MIN_PACING_BPS, PACING_FACTOR, ViewerBandwidth
+from sfu.shard.bandwidth import (
+    CONGESTED_PACING_FACTOR, CONGESTED_PACING_S, LOSS_ESTIMATE_TTL_S, MIN_PACING_BPS, PACING_FACTOR, ViewerBandwidth,
+)
 from sfu.shard.consumer import PROBE_DOUBLING_S, PROBE_LEAD, PROBE_OVERSHOOT, probe_padding_bps
 
 
@@ -37,6 +39,16 @@ def test_remb_sets_the_estimate_and_the_pacing() -> None:
     assert bw.pacing_bps(0.0) == MIN_PACING_BPS
     bw.on_remb(0)  # none (yet): back to no estimate
     assert bw.estimate_bps(0.0) is None
+
+
+def test_after_a_congested_move_down_the_pacing_is_the_estimate_for_a_while() -> None:
+    bw = ViewerBandwidth()
+    bw.on_remb(900_000)
+    bw.on_congestion(10.0)
+    assert CONGESTED_PACING_FACTOR < PACING_FACTOR
+    assert bw.pacing_bps(10.0) == bw.pacing_bps(10.0 + CONGESTED_PACING_S - 0.01) == 900_000 * CONGESTED_PACING_FACTOR
+    assert bw.pacing_bps(10.0 + CONGESTED_PACING_S) == 900_000 * PACING_FACTOR
+    assert bw.estimate_bps(10.0) == 900_000  # the estimate itself is left alone
 
 
 def test_heavy_loss_lowers_the_estimate_below_the_remb_for_a_while() -> None:

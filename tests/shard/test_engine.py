@@ -1425,6 +1425,30 @@ def _nack_over_budget(rig: Rig, room: Room) -> None:
     rig.feed(make_rtcp_nack(1, video_ssrc(0), [(VIEWERS[0].first_seq, 0)]), rig.viewers[0])
 
 
+def _held(rig: Rig, room: Room) -> None:
+    """Viewer 0 alone, moved to a second layer with its current one held."""
+    e = rig.engine
+    other = e.add_producer(room.publisher, video=True, codec=VP8, payload_type=Room.VIDEO_PT, clock_rate=90000,
+                           ssrc=0x7777, mid=b"0")
+    for v in (1, 2):
+        e.remove_consumer(room.video_consumers[v])
+    rig.feed(room.video_packet(0, keyframe=True))
+    e.set_consumer_producer(room.video_consumers[0], other, hold=True)
+
+
+def _held_for_switch(rig: Rig, room: Room) -> None:
+    # Two packets of the held layer, before the new one's keyframe: neither goes out.
+    _held(rig, room)
+    rig.feed(room.video_packet(1))
+    rig.feed(room.video_packet(2))
+
+
+def _nack_held(rig: Rig, room: Room) -> None:
+    # A repair of what the held layer sent.
+    _held(rig, room)
+    rig.feed(make_rtcp_nack(1, video_ssrc(0), [(VIEWERS[0].first_seq, 0)]), rig.viewers[0])
+
+
 DROP_CASES = [
     DropCase("unknown_address", 1, lambda rig, room: rig.feed(room.audio_packet(1), rig.stranger)),
     DropCase("srtp_not_ready", 2, lambda rig, room: [
@@ -1468,6 +1492,8 @@ DROP_CASES = [
     DropCase("pacer_expired", 3, _pacer_case("pacer_expired")),
     DropCase("nack_over_budget", 1, _nack_over_budget),
     DropCase("pacer_superseded", 2, _pacer_superseded),
+    DropCase("held_for_switch", 2, _held_for_switch),
+    DropCase("nack_held", 1, _nack_held),
     DropCase("red_malformed", 1, lambda rig, room: rig.feed(room.red_packet(1, 0, payload=bytes([0x80 | 111, 0, 0])))),
     # Audio closes a gap at once; a packet from inside it, late, has no number left.
     DropCase("late_before_switch", 3, lambda rig, room: [
@@ -2496,6 +2522,123 @@ def test_temporal_cap_until_switch_is_lifted_at_the_switch(make_rig: Callable[..
     assert [p["padding"] for p in got] == [False] * 4 + [True] * 4 + [False, False]  # the new layer's TID 2 flows
     assert [p["seq"] for p in got] == [(VIEWERS[0].first_seq + i) & 0xFFFF for i in range(10)]
     assert drops(e) == {}
+
+
+def test_a_held_layer_sends_nothing_until_the_lower_layers_keyframe(make_rig: Callable[..., Rig]) -> None:
+    """A move down on a congested link: from the decision to the keyframe nothing of the
+    old layer goes out (media or repairs); the stream continues gap-free at the keyframe,
+    and what the old layer sent is never repaired."""
+    rig = make_rig(viewers=1, keyframe_min_interval_s=0.0)
+    e = rig.engine
+    _, layers = _two_layers(rig)
+    c = e.add_consumer(rig.transport(rig.viewers[0]), layers[b"h"], payload_type=100, ssrc=0x1111,
+                       first_seq=1000, first_ts=5000)
+    rig.feed(_vp8(500, 90000, 0xA2, True, 300, 7, b"h0"))
+    rig.feed(_vp8(501, 93000, 0xA2, False, 301, 7, b"h1"))
+    rig.take(rig.publisher)
+    e.set_consumer_producer(c, layers[b"l"], hold=True)
+    assert plis(rig.take(rig.publisher)) == [(1, 0xA1)]  # the lower layer's keyframe, asked for at once
+    assert e.consumer_stats(c)["held"] and e.consumer_producer(c) == layers[b"h"]
+    rig.feed(_vp8(502, 96000, 0xA2, False, 302, 7, b"h2"))          # held
+    rig.feed(make_rtcp_nack(1, 0x1111, [(1000, 0b1)]), rig.viewers[0])  # not repaired
+    rig.feed(_vp8(10, 1000, 0xA1, False, 50, 3, b"l-delta"))         # not the keyframe yet
+    e.set_consumer_producer(c, layers[b"l"])                         # asked again without hold: still held
+    rig.feed(_vp8(503, 99000, 0xA2, False, 303, 7, b"h3"))
+    time.sleep(0.02)
+    rig.feed(_vp8(11, 4000, 0xA1, True, 51, 4, b"l-key"))            # the switch
+    rig.feed(_vp8(12, 7000, 0xA1, False, 52, 4, b"l-next"))
+    assert e.consumer_producer(c) == layers[b"l"] and not e.consumer_stats(c)["held"]
+    got = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    assert len(got) == 4
+    assert all(p["payload"].endswith(x) for p, x in zip(got, (b"h0", b"h1", b"l-key", b"l-next")))
+    assert [p["seq"] for p in got] == [1000, 1001, 1002, 1003]        # held packets took no numbers
+    assert 1 <= (got[2]["ts"] - got[1]["ts"]) & 0xFFFFFFFF < 90000
+    assert [_pic_tl0(p["payload"]) for p in got] == [(300, 7), (301, 7), (302, 8), (303, 8)]
+    # What the held layer sent stays unrepaired after the switch; the new layer's is repaired.
+    rig.feed(make_rtcp_nack(1, 0x1111, [(1001, 0b11)]), rig.viewers[0])
+    assert [read_rtp(d)["seq"] for d in rig.take(rig.viewers[0])] == [1002, 1003]
+    assert drops(e) == {"held_for_switch": 2, "nack_held": 3}
+
+
+def test_holding_drops_what_waits_in_the_pacer(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1, pacer_enabled=True, pacer_rate_bps=0, pacer_burst_bytes=1)
+    e = rig.engine
+    _, layers = _two_layers(rig)
+    c = e.add_consumer(rig.transport(rig.viewers[0]), layers[b"h"], payload_type=100, ssrc=0x1111)
+    for i in range(4):
+        rig.feed(_vp8(500 + i, 3000 * i, 0xA2, i == 0, 300 + i, 7, b"h"))
+    assert e.consumer_stats(c)["paced"] == 3  # the first used the one byte of budget
+    e.set_consumer_producer(c, layers[b"l"], hold=True)
+    assert e.consumer_stats(c)["paced"] == 0
+    e.pacer_rate_bytes_s = e.pacer_burst_bytes = 1e9
+    e.tick()
+    assert len(rig.take(rig.viewers[0])) == 1
+    assert drops(e) == {"held_for_switch": 3}
+
+
+def test_a_held_switch_paces_the_keyframe_from_an_empty_bucket(make_rig: Callable[..., Rig]) -> None:
+    """The hold saves up the viewer's pacing budget; the keyframe it waited for must not
+    spend it as one burst into the link that just overflowed. Without hold it may."""
+    for hold in (False, True):
+        rig = make_rig(viewers=1, pacer_enabled=True)
+        e = rig.engine
+        _, layers = _two_layers(rig)
+        t = rig.transport(rig.viewers[0])
+        c = e.add_consumer(t, layers[b"h"], payload_type=100, ssrc=0x1111)
+        e.set_transport_pacing(t, 1_000_000)  # a 5,000-byte bucket
+        rig.feed(_vp8(500, 0, 0xA2, True, 300, 7, b"h0"))
+        e.set_consumer_producer(c, layers[b"l"], hold=hold)
+        time.sleep(0.05)  # the bucket fills again
+        rig.feed(_vp8(10, 0, 0xA1, True, 50, 3, b"l-key"))
+        assert e.consumer_producer(c) == layers[b"l"]
+        assert e.consumer_stats(c)["paced"] == (1 if hold else 0)
+        got = [read_rtp(d)["payload"] for d in rig.take(rig.viewers[0])]
+        assert got[-1].endswith(b"l-key") != hold
+
+
+def test_a_held_move_called_off_resumes_at_the_held_layers_keyframe(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(viewers=1, keyframe_min_interval_s=0.0)
+    e = rig.engine
+    _, layers = _two_layers(rig)
+    c = e.add_consumer(rig.transport(rig.viewers[0]), layers[b"h"], payload_type=100, ssrc=0x1111,
+                       first_seq=1000, first_ts=5000)
+    rig.feed(_vp8(500, 90000, 0xA2, True, 300, 7, b"h0"))
+    rig.feed(_vp8(501, 93000, 0xA2, False, 301, 7, b"h1"))
+    e.set_consumer_producer(c, layers[b"l"], hold=True)
+    rig.feed(_vp8(502, 96000, 0xA2, False, 302, 7, b"h2"))   # held
+    rig.take(rig.publisher)
+    e.set_consumer_producer(c, layers[b"h"])                  # called off: h resumes at its keyframe
+    assert plis(rig.take(rig.publisher)) == [(1, 0xA2)]
+    rig.feed(_vp8(503, 99000, 0xA2, False, 303, 7, b"h3"))   # still held: it references h2
+    rig.feed(_vp8(504, 102000, 0xA2, True, 304, 8, b"h4"))   # its keyframe
+    rig.feed(_vp8(505, 105000, 0xA2, False, 305, 8, b"h5"))
+    got = [read_rtp(d) for d in rig.take(rig.viewers[0])]
+    assert [p["payload"][-2:] for p in got] == [b"h0", b"h1", b"h4", b"h5"]
+    assert [p["seq"] for p in got] == [1000, 1001, 1002, 1003]
+    assert [(p["ts"] - 5000) & 0xFFFFFFFF for p in got] == [0, 3000, 12000, 15000]  # the same clock
+    assert not e.consumer_stats(c)["held"]
+    rig.feed(make_rtcp_nack(1, 0x1111, [(1001, 0b1)]), rig.viewers[0])  # before the resume: not repaired
+    assert [read_rtp(d)["seq"] for d in rig.take(rig.viewers[0])] == [1002]
+    assert drops(e) == {"held_for_switch": 2, "nack_held": 1}
+
+
+def test_a_held_consumer_asks_for_the_keyframe_it_waits_for(make_rig: Callable[..., Rig]) -> None:
+    """A viewer's PLI while its layer is held goes to the layer it moves to (the held one's
+    keyframe would not be sent); if that layer goes away, the held one is asked instead."""
+    rig = make_rig(viewers=1, keyframe_min_interval_s=0.0)
+    e = rig.engine
+    _, layers = _two_layers(rig)
+    c = e.add_consumer(rig.transport(rig.viewers[0]), layers[b"h"], payload_type=100, ssrc=0x1111)
+    rig.feed(_vp8(500, 0, 0xA2, True, 300, 7, b"h0"))
+    e.set_consumer_producer(c, layers[b"l"], hold=True)
+    rig.take(rig.publisher)
+    rig.feed(make_rtcp_pli(1, 0x1111), rig.viewers[0])
+    assert plis(rig.take(rig.publisher)) == [(1, 0xA1)]
+    e.remove_producer(layers[b"l"])
+    assert plis(rig.take(rig.publisher)) == [(1, 0xA2)]
+    rig.feed(_vp8(501, 3000, 0xA2, False, 301, 7, b"h1"))  # still held until that keyframe
+    rig.feed(_vp8(502, 6000, 0xA2, True, 302, 8, b"h2"))
+    assert [read_rtp(d)["payload"][-2:] for d in rig.take(rig.viewers[0])] == [b"h0", b"h2"]
 
 
 def test_a_sharp_fall_of_a_viewers_remb_is_flagged_once(make_rig: Callable[..., Rig]) -> None:

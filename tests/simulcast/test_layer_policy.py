@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfu.simulcast import DEFAULT_HEADROOM, DEFAULT_UP_HOLD_S, Layer, LayerPolicy, Target, order_layers
-from sfu.simulcast.layer_policy import START_PROBE_S
+from sfu.simulcast.layer_policy import PROBE_PAUSE_AFTER_DOWN_S, START_PROBE_S
 
 LOW, MID, HIGH = 150_000.0, 500_000.0, 1_700_000.0
 SIZES = ((320, 180), (640, 360), (1280, 720))
@@ -367,6 +367,46 @@ def test_probing_intent() -> None:
     assert not policy.probing  # not while the current layer does not even fit
     top = settled_at_top(layers)
     assert not top.probing and top.probe_target_bps is None
+
+
+def test_went_down_tells_congestion_from_a_cap() -> None:
+    """The caller holds the old layer on a congested link only: a move down on the
+    estimate or on loss is that, one because a cap came down is not."""
+    layers = make_layers()
+    policy = settled_at_top(layers)
+    assert not policy.went_down
+    policy.on_bandwidth_estimate(700_000, 20.0)
+    assert policy.decide(layers, 20.0) == Target(1, 0) and policy.went_down
+    assert policy.decide(layers, 20.1) == Target(1, 0) and not policy.went_down  # one call only
+    policy = settled_at_top(layers)
+    for t in (20.0, 20.5, 21.0):  # sustained loss
+        policy.on_loss(0.3, t)
+    assert policy.decide(layers, 21.0) == Target(1, 0) and policy.went_down
+    policy = settled_at_top(layers)
+    policy.set_requested_max(spatial=0)
+    assert policy.decide(layers, 20.0) == Target(0, 0) and not policy.went_down
+    policy = settled_at_top(layers)
+    policy.set_room_cap(1)
+    assert policy.decide(layers, 20.0) == Target(1, 0) and not policy.went_down
+
+
+def test_no_probing_for_a_while_after_a_move_down() -> None:
+    """Padding into a link that just overflowed would refill the queue the lower layer's
+    keyframe has to pass: the probe waits PROBE_PAUSE_AFTER_DOWN_S after a move down."""
+    layers = make_layers()
+    policy = settled_at_top(layers)
+    policy.on_bandwidth_estimate(900_000, 20.0)
+    assert policy.decide(layers, 20.0) == Target(1, 0) and not policy.probing
+    t = 20.0
+    while t < 20.0 + PROBE_PAUSE_AFTER_DOWN_S - 1e-9:  # the estimate carries the middle layer and rises
+        t = round(t + 0.1, 1)
+        policy.on_bandwidth_estimate(900_000 + 1000 * (t - 20.0), t)
+        policy.decide(layers, t)
+        assert not policy.probing or t >= 20.0 + PROBE_PAUSE_AFTER_DOWN_S, t
+    t = round(t + 0.1, 1)
+    policy.on_bandwidth_estimate(950_000, t)
+    policy.decide(layers, t)
+    assert policy.probing and policy.probe_target_bps == pytest.approx(HIGH * DEFAULT_HEADROOM)
 
 
 def test_a_new_viewer_is_probed_toward_the_next_step_until_its_first_estimate() -> None:
