@@ -48,6 +48,9 @@ class Config:
     # Room-wide ceiling on simulcast layers, 0 = the lowest (None: none). An all-hands
     # with thousands of viewers keeps everyone at most on the middle layer (1).
     simulcast_max_layer: int | None = None
+    # A simulcast layer nobody has watched this long is paused at publishers that can
+    # (the publish page follows the session's ``layers`` event); 0 never pauses.
+    simulcast_pause_after_s: float = 10.0
     # Viewers fill the publisher's shard until it is full, then spill to other shards
     # through the inter-shard relay. Full: CPU (reported each second, extrapolated to the
     # viewers placed since) at or above shard_max_cpu, or shard_max_viewers reached (0: no
@@ -262,6 +265,8 @@ def _check_ranges(config: Config, origin: dict[str, str]) -> None:
         fail("drain_timeout_s", "must not be negative")
     if config.simulcast_max_layer is not None and not 0 <= config.simulcast_max_layer <= 2:
         fail("simulcast_max_layer", "must be 0 (lowest), 1 or 2")
+    if config.simulcast_pause_after_s < 0:
+        fail("simulcast_pause_after_s", "must not be negative (0: never pause)")
 
 
 def _check_consistency(config: Config, origin: dict[str, str]) -> None:

@@ -168,9 +168,17 @@ class Ping(Struct):
     """Are you there? Answered with None; no side effects (GetStats drains samples)."""
 
 
+class LayersPaused(Struct):
+    """Layers their publisher was asked to stop sending: still candidates for this
+    shard's viewers (at their last measured bitrate), so one can climb to a layer and
+    bring it back. Replaces the previous list."""
+
+    producer_ids: list[str]
+
+
 Request = Union[CreateWebRtcTransport, RestartIce, CloseTransport, Produce, Consume, OpenRelay, CloseRelay,
                 CloseProducer, Retarget, CloseConsumer, StartRecording, StopRecording, QuicFlow, QuicFlowClose, GetStats,
-                Ping]
+                Ping, LayersPaused]
 
 # --- notifications (shard -> signalling) ----------------------------------------------
 
@@ -212,6 +220,15 @@ class AudioLevels(Struct):
     levels: list[tuple[str, float, float]]
 
 
+class LayerDemand(Struct):
+    """The producers (simulcast layers, relayed copies too) this shard's viewers receive
+    or are moving to, once a second: signalling pauses the layers nobody wants at
+    publishers that can (sfu/signalling/layer_demand.py)."""
+
+    shard_id: int
+    producer_ids: list[str]
+
+
 class RoundTrips(Struct):
     """Each second: the round-trip time of each transport created with ``report_rtt``
     whose viewer echoed one of our sender reports (RFC 3550 §6.4.1), as (transport id,
@@ -220,7 +237,7 @@ class RoundTrips(Struct):
     rtts: list[tuple[str, float]]
 
 
-Notification = Union[Hello, TransportStateChanged, LoadReport, Draining, AudioLevels, RoundTrips]
+Notification = Union[Hello, TransportStateChanged, LoadReport, Draining, AudioLevels, RoundTrips, LayerDemand]
 
 
 class RequestFrame(msgspec.Struct, tag="req"):

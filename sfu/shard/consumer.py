@@ -53,8 +53,9 @@ def probe_padding_bps(probe_target_bps: float | None, media_bps: float, estimate
 
 
 def rank_layers(producers: list["Producer"]) -> list[Layer]:
-    """A track's live layers, low to high, as the policy sees them now."""
-    bitrates = {p.rid: p.bitrate_bps for p in producers}
+    """A track's live layers, low to high, as the policy sees them now: a layer paused
+    at the publisher counts as live (choosing it brings it back)."""
+    bitrates = {p.rid: p.policy_bitrate_bps for p in producers}
     sizes = {p.rid: p.size for p in producers if p.size is not None}
     temporals = {p.rid: p.temporal_layers for p in producers}
     return [replace(layer, active=bitrates[layer.rid] > 0, temporal_layers=temporals[layer.rid])
@@ -189,17 +190,29 @@ class Consumer:
             engine.set_consumer_temporal(self.slot, tid_max)
         if want is not self.layer:
             current = next((layer for layer in ranked if layer.rid == self.layer.rid), None)
-            if current is not None and current.spatial > target.spatial and current.temporal_layers > 1:
-                # Down: until the lower layer's keyframe arrives, only the current layer's
-                # base temporal layer goes out (no keyframe needed for that), easing the
-                # link at once; the engine lifts the cap at the switch.
+            down = current is not None and current.spatial > target.spatial
+            # Down because the link no longer carries the layer: nothing more of it until
+            # the lower layer's keyframe (the engine's hold), so the queue it filled in the
+            # network drains while that keyframe is on its way and the keyframe gets
+            # through whole (its base temporal layer alone still overfilled a link that
+            # narrowed to 40 % of it: the keyframe queued behind it, freezing the viewer
+            # for up to 1.1 s; docs/architecture.md, Switching).
+            # Not when the lower layer is paused at the publisher: its keyframe waits for the
+            # encoder to start again, and the old layer's base carries the viewer meanwhile.
+            hold = down and self.policy.went_down and not want.paused
+            if down and not hold and current.temporal_layers > 1:
+                # Down because a cap came down: until the lower layer's keyframe arrives,
+                # only the current layer's base temporal layer goes out (no keyframe needed
+                # for that); the engine lifts the cap at the switch.
                 engine.set_consumer_temporal(self.slot, 0, until_switch=True)
                 self.tid_max = None
-            engine.set_consumer_producer(self.slot, want.slot)
+            engine.set_consumer_producer(self.slot, want.slot, hold=hold)
+            if hold:
+                self.transport.on_congested_switch(now)
             self.transport.shard.log.info(
                 "layer switch", room=self.transport.room, peer=self.transport.peer_id, consumer=self.id,
-                frm=self.layer.rid, to=want.rid, temporal=target.temporal, estimate_bps=round(estimate),
-                fraction_lost=stats["fraction_lost"], layer_bps=round(want.bitrate_bps))
+                frm=self.layer.rid, to=want.rid, temporal=target.temporal, held=hold, estimate_bps=round(estimate),
+                fraction_lost=stats["fraction_lost"], layer_bps=round(want.policy_bitrate_bps), paused=want.paused)
             self._switch_asked_at = now
             self.layer = want
             self.layer_switches += 1

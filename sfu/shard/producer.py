@@ -41,6 +41,10 @@ class Producer:
         self.consumers: list[Consumer] = []
         self.closed = False
         self.bitrate_bps = 0.0  # measured by the shard's simulcast tick, over BITRATE_WINDOW_S
+        # Its publisher was asked to stop sending it (nobody watched it): still a layer
+        # viewers may climb to, priced at what it cost while it was sent.
+        self.paused = False
+        self.last_sent_bps = 0.0
         self.size: tuple[int, int] | None = None  # from the last VP8 keyframe
         self.temporal_layers = 1  # VP8 temporal layers seen (highest TID + 1)
         self._samples: deque[tuple[float, int]] = deque()
@@ -74,6 +78,13 @@ class Producer:
         (start, first), (end, last) = self._samples[0], self._samples[-1]
         if end > start:
             self.bitrate_bps = (last - first) * 8 / (end - start)
+            if self.bitrate_bps > 0:
+                self.last_sent_bps = self.bitrate_bps
+
+    @property
+    def policy_bitrate_bps(self) -> float:
+        """What choosing this layer costs: measured, or while paused what it last cost."""
+        return self.last_sent_bps if self.paused and not self.bitrate_bps else self.bitrate_bps
 
     def close(self) -> None:
         if self.closed:

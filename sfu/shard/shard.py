@@ -93,7 +93,7 @@ class Shard:
             raise
         self.sock = sock
         self.engine = fastpath.Engine(sock.fileno(), self._on_slow_path, **self._engine_options)
-        self.loop.add_reader(sock.fileno(), self.engine.on_readable)
+        self.loop.add_reader(sock.fileno(), self._on_readable)
         self._engine_timer = self.loop.call_later(0.02, self._engine_tick)
         self._tick_task = self.loop.create_task(self._tick())
         self._simulcast_task = self.loop.create_task(self._simulcast_tick())
@@ -110,10 +110,17 @@ class Shard:
             except OSError:
                 self.drops["send_failed"] += 1
 
+    def _on_readable(self) -> None:
+        self.engine.on_readable()
+        # A REMB that fell sharply came in this batch: decide at once rather than at
+        # the engine's next tick (up to 50 ms): every millisecond more of the old layer
+        # on a congested link lengthens the viewer's freeze.
+        if self.engine.remb_falls != self._remb_falls_seen:
+            self._on_remb_falls()
+
     def _engine_tick(self) -> None:
         self._engine_timer = self.loop.call_later(self.engine.tick(), self._engine_tick)
         if self.engine.remb_falls != self._remb_falls_seen:
-            self._remb_falls_seen = self.engine.remb_falls
             self._on_remb_falls()
 
     def _on_remb_falls(self) -> None:
@@ -122,6 +129,7 @@ class Shard:
         The tick is 250 ms; a link that just narrowed is dropping packets all that
         time, and every one of them lengthens the viewer's freeze.
         """
+        self._remb_falls_seen = self.engine.remb_falls
         now = self.loop.time()
         by_slot = {t.slot: t for t in self.transports.values()}
         for slot in self.engine.take_remb_falls():
@@ -200,6 +208,23 @@ class Shard:
                     transport.send_receiver_reports()
                     transport.release_dtls_if_done()
             self._report_round_trips()
+            self._report_layer_demand()
+
+    def _report_layer_demand(self) -> None:
+        """Tell signalling which simulcast layers our viewers receive or are moving to (relays
+        to other shards and nodes do not count: their viewers are reported where they are),
+        so it can pause the rest at publishers that can stop encoding them."""
+        by_slot = {p.slot: p for p in self.producers.values()}
+        wanted: set[str] = set()
+        for consumer in self.consumers.values():
+            if not consumer.simulcast or not isinstance(consumer.transport, WebRtcTransport):
+                continue
+            wanted.add(consumer.layer.id)
+            sending = by_slot.get(self.engine.consumer_producer(consumer.slot))
+            if sending is not None:
+                wanted.add(sending.id)
+        # Every second, even when empty: signalling's clock for pausing runs on these.
+        self._notify(control.LayerDemand(shard_id=self.id, producer_ids=sorted(wanted)))
 
     def _report_round_trips(self) -> None:
         """Tell signalling the round trip of each transport that asked (``report_rtt``) and
@@ -351,6 +376,11 @@ class Shard:
                 raise KeyError(f"unknown consumer {body.consumer_id} or producer {body.producer_id}")
             layers = [self.producers[i] for i in body.layer_producer_ids if i in self.producers]
             consumer.retarget(producer, layers if len(layers) > 1 else [])
+            return None
+        if isinstance(body, control.LayersPaused):
+            paused = set(body.producer_ids)
+            for producer in self.producers.values():
+                producer.paused = producer.id in paused
             return None
         if isinstance(body, control.CloseConsumer):
             consumer = self.consumers.get(body.consumer_id)

@@ -18,6 +18,7 @@ from .cluster import ClusterNode
 from .admin import AdminApi
 from .events import EventStreams
 from .last_n import LastN
+from .layer_demand import LayerDemand
 from .metrics import ShardCollector
 from .performance import Performance
 from .placement import ShardState, place_publisher, place_viewer
@@ -52,6 +53,7 @@ class Signalling:
         self.recordings = Recordings(self)
         self.cluster = ClusterNode(self)
         self.performance = Performance(self)
+        self.layer_demand = LayerDemand(self)
         self._background: set[asyncio.Task[Any]] = set()
 
     def _new_shard(self, shard_id: int) -> ShardProcess:
@@ -82,6 +84,7 @@ class Signalling:
         tell each client, where it listens, to POST again: placement skips the dead shard."""
         ended = [s for s in self.rooms.sessions.values() if s.shard == shard_id]
         self.relays.shard_died(shard_id)
+        self.layer_demand.shard_gone(shard_id)
         for session in ended:
             self.forget_session(session, reason, reconnect=True)
         return len(ended)
@@ -135,6 +138,7 @@ class Signalling:
         log.info("session ended", room=session.room, peer=session.id, kind=session.kind, reason=reason,
                  shard=session.shard, participant=session.participant)
         if session.kind == "whip":
+            self.layer_demand.session_ended(session)
             self._spawn(self.recordings.on_publisher_left(session))
             self._spawn(self.cluster.unpublished(session))
             for producer in session.producers:
@@ -221,6 +225,8 @@ class Signalling:
                 self.forget_session(session, body.reason)
         elif isinstance(body, control.AudioLevels):
             self._on_audio_levels(body.levels)
+        elif isinstance(body, control.LayerDemand):
+            self.layer_demand.report(body.shard_id, body.producer_ids, asyncio.get_running_loop().time())
         elif isinstance(body, control.RoundTrips):
             for transport_id, rtt_ms in body.rtts:
                 session = self.rooms.sessions.get(transport_id)
@@ -250,6 +256,7 @@ class Signalling:
         self.collector.drains = self.supervisor.drains
         self.collector.relay_copies = self.relays.copies_made
         self.collector.events_sent = self.events.sent
+        self.collector.layers_paused = self.layer_demand.pauses
         self.collector.recorder = await self.recordings.stats()
         self.collector.recordings_active = len(self.recordings.active)
         self.collector.recorder_restarts = self.recordings.restarts

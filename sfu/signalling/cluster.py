@@ -286,12 +286,18 @@ class ClusterNode:
                 int(rtx_ssrc) if rtx_ssrc is not None else None))
         except control.ControlError as exc:
             raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
+        producer.relayed_to_nodes.add(str(body["consumer_id"]))
         log.info("track relayed to another node", room=producer.room, producer=producer.id,
                  relay=body["relay_id"])
         return web.json_response({"ok": True})
 
+    def _released(self, consumer_id: str) -> None:
+        for producer in self.s.rooms.producers.values():
+            producer.relayed_to_nodes.discard(consumer_id)
+
     async def internal_release(self, request: web.Request) -> web.Response:
         body = await self._body(request, "consumer_id")
+        self._released(str(body["consumer_id"]))
         for shard in self.s.shards:
             try:
                 await shard.request(control.CloseConsumer(consumer_id=str(body["consumer_id"])))
@@ -339,12 +345,14 @@ class ClusterNode:
                                               ssrcs[0], rtx_ssrc))
         except control.ControlError as exc:
             raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
+        producer.relayed_to_nodes.add(str(body["consumer_id"]))
         log.info("track relayed over QUIC", room=producer.room, producer=producer.id,
                  peer=f"{body['peer_host']}:{body['peer_port']}")
         return web.json_response({"ok": True})
 
     async def internal_quic_release(self, request: web.Request) -> web.Response:
         body = await self._body(request, "consumer_id", "ssrcs")
+        self._released(str(body["consumer_id"]))
         for shard in self.s.shards:
             try:
                 await shard.request(control.CloseConsumer(consumer_id=str(body["consumer_id"])))

@@ -9,7 +9,10 @@ offer; the client POSTs a JSON list of the events it wants there, gets a
   ``url``. Sent when the session's shard died (the session is already gone) or
   drains (the old session lives until the client DELETEs it, so it can move
   make-before-break);
-- ``active`` / ``inactive``: the room got its first publisher / lost its last.
+- ``active`` / ``inactive``: the room got its first publisher / lost its last;
+- ``layers`` (``{"track": ..., "active": [rid, ...]}``, publishers): the simulcast
+  layers someone watches; a publisher that can stops sending the others
+  (layer_demand.py).
 
 WHIP has no such extension; we offer the same link on WHIP sessions so a
 publisher can be moved the same way.
@@ -30,7 +33,7 @@ from ..logs import get_logger
 log = get_logger("sfu.signalling.events")
 
 EVENTS_REL = "urn:ietf:params:whep:ext:core:server-sent-events"
-SUPPORTED = ("active", "inactive", "reconnect")
+SUPPORTED = ("active", "inactive", "reconnect", "layers")
 KEEPALIVE_S = 15.0
 UNCLAIMED_TTL_S = 60.0  # a subscription never fetched, after its session ended
 MAX_SUBSCRIPTIONS_PER_SESSION = 4

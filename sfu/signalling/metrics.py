@@ -21,6 +21,7 @@ class ShardCollector(Collector):
         self.drains = 0
         self.relay_copies = 0
         self.events_sent = 0
+        self.layers_paused = 0
         self.recorder: dict[str, Any] | None = None
         self.recordings_active = 0
         self.recorder_restarts = 0
@@ -76,6 +77,8 @@ class ShardCollector(Collector):
                                 value=rec.get("lag_seconds", 0.0))
         yield CounterMetricFamily("sfu_session_events", "Server-sent events queued to clients (reconnect, ...)",
                                   value=self.events_sent)
+        yield CounterMetricFamily("sfu_simulcast_layers_paused", "Simulcast layers publishers were told nobody "
+                                  "watches (those that can stop encoding them)", value=self.layers_paused)
 
         def family(cls: type, name: str, doc: str, key: str) -> Any:
             metric = cls(name, doc, labels=["shard"])

@@ -28,6 +28,7 @@ class ProducerInfo:
     copies: dict[int, str] = field(default_factory=dict)  # our shard -> id of the relayed copy there
     node: str = ""  # "" = this node; else published on that node of the cluster
     participant: str = ""  # the room API participant publishing it, when on another node
+    relayed_to_nodes: set[str] = field(default_factory=set)  # consumer ids of its relays to other nodes
 
     def id_on(self, shard: int) -> str | None:
         """This producer's id on our ``shard``: itself at home, else its relayed copy, if any."""
