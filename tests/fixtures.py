@@ -8,7 +8,7 @@ header extensions: RFC 8285, VP8: RFC 7741 §4.2, H264: RFC 6184 §5).
 from __future__ import annotations
 
 import struct
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 ONE_BYTE_PROFILE = 0xBEDE
 TWO_BYTE_PROFILE = 0x1000
@@ -329,3 +329,15 @@ def read_rtp(data: bytes) -> dict:
             i += 1 + length
     fields["payload"] = data[pos:]
     return fields
+
+
+async def shard_transport(shard: Any, n: int) -> str:
+    """A WebRTC transport ``t<n>`` made on a real in-process shard, as signalling would ask
+    for it (no peer behind it: tests feed its engine directly)."""
+    from sfu import control
+
+    transport_id = f"t{n}"
+    await shard.on_request(control.CreateWebRtcTransport(
+        transport_id=transport_id, room="r", peer_id=transport_id, local_ufrag=f"u{n}", local_pwd="p" * 22,
+        remote_ufrag=f"r{n}", remote_pwd="q" * 22, dtls_role="server", remote_fingerprint=("sha-256", "00")))
+    return transport_id

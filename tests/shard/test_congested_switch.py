@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fixtures import shard_transport
 from sfu import control
 from sfu.shard.bandwidth import CONGESTED_PACING_FACTOR
 from sfu.shard.shard import Shard
@@ -35,23 +36,15 @@ class Recorder:
         return calls
 
 
-async def _transport(shard: Shard, n: int) -> str:
-    transport_id = f"t{n}"
-    await shard.on_request(control.CreateWebRtcTransport(
-        transport_id=transport_id, room="r", peer_id=transport_id, local_ufrag=f"u{n}", local_pwd="p" * 22,
-        remote_ufrag=f"r{n}", remote_pwd="q" * 22, dtls_role="server", remote_fingerprint=("sha-256", "00")))
-    return transport_id
-
-
 async def _viewer_on_top(shard: Shard) -> tuple[Any, Any, Recorder]:
-    publisher = await _transport(shard, 0)
+    publisher = await shard_transport(shard, 0)
     for rid, bps in (("l", 150_000.0), ("h", 1_500_000.0)):
         await shard.on_request(control.Produce(
             transport_id=publisher, producer_id=rid, kind="video", codec="VP8", mid="0", payload_type=96,
             clock_rate=90000, rtx_payload_type=97, rid=rid))
         shard.producers[rid].bitrate_bps = bps
         shard.producers[rid].temporal_layers = 3
-    viewer = await _transport(shard, 1)
+    viewer = await shard_transport(shard, 1)
     await shard.on_request(control.Consume(
         transport_id=viewer, consumer_id="c", producer_id="h", mid="0", payload_type=96, ssrc=1000,
         rtx_payload_type=97, rtx_ssrc=2000, layer_producer_ids=["l", "h"]))

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
+from fixtures import shard_transport
 from sfu import control
 from sfu.shard.shard import Shard
-
-
-async def _transport(shard: Shard, n: int) -> str:
-    transport_id = f"t{n}"
-    await shard.on_request(control.CreateWebRtcTransport(
-        transport_id=transport_id, room="r", peer_id=transport_id, local_ufrag=f"u{n}", local_pwd="p" * 22,
-        remote_ufrag=f"r{n}", remote_pwd="q" * 22, dtls_role="server", remote_fingerprint=("sha-256", "00")))
-    return transport_id
 
 
 async def test_probing_consumers_are_capped_per_shard() -> None:
@@ -19,14 +12,14 @@ async def test_probing_consumers_are_capped_per_shard() -> None:
     await shard.listen("127.0.0.1", 0)
     try:
         shard.max_probing = 2
-        publisher = await _transport(shard, 0)
+        publisher = await shard_transport(shard, 0)
         for rid in ("l", "h"):
             await shard.on_request(control.Produce(
                 transport_id=publisher, producer_id=rid, kind="video", codec="VP8", mid="0", payload_type=96,
                 clock_rate=90000, rtx_payload_type=97, rid=rid))
         consumers = []
         for n in range(1, 4):
-            viewer = await _transport(shard, n)
+            viewer = await shard_transport(shard, n)
             await shard.on_request(control.Consume(
                 transport_id=viewer, consumer_id=f"c{n}", producer_id="h", mid="0", payload_type=96, ssrc=1000 + n,
                 rtx_payload_type=97, rtx_ssrc=2000 + n, layer_producer_ids=["l", "h"]))

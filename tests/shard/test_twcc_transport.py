@@ -7,20 +7,13 @@ from typing import Any
 
 import pytest
 
+from fixtures import shard_transport
 from sfu import control
 from sfu.shard.bandwidth import TWCC_ESTIMATE_TTL_S, ViewerBandwidth
 from sfu.shard.shard import Shard
 from sfu.signalling.sdp import EXT_ABS_SEND_TIME, EXT_MID, EXT_TRANSPORT_CC
 
 VIEWER_EXTENSIONS = {EXT_MID: 4, EXT_ABS_SEND_TIME: 2, EXT_TRANSPORT_CC: 3}
-
-
-async def _transport(shard: Shard, n: int) -> str:
-    transport_id = f"t{n}"
-    await shard.on_request(control.CreateWebRtcTransport(
-        transport_id=transport_id, room="r", peer_id=transport_id, local_ufrag=f"u{n}", local_pwd="p" * 22,
-        remote_ufrag=f"r{n}", remote_pwd="q" * 22, dtls_role="server", remote_fingerprint=("sha-256", "00")))
-    return transport_id
 
 
 class _Feedback:
@@ -47,12 +40,12 @@ async def test_consume_with_transport_cc_numbers_the_viewers_transport_and_feeds
     shard = Shard(0)
     await shard.listen("127.0.0.1", 0)
     try:
-        publisher = await _transport(shard, 0)
+        publisher = await shard_transport(shard, 0)
         for rid in ("l", "h"):
             await shard.on_request(control.Produce(
                 transport_id=publisher, producer_id=rid, kind="video", codec="VP8", mid="0", payload_type=96,
                 clock_rate=90000, rtx_payload_type=97, rid=rid, extensions={EXT_MID: 4}))
-        viewer_id, plain_id = await _transport(shard, 1), await _transport(shard, 2)
+        viewer_id, plain_id = await shard_transport(shard, 1), await shard_transport(shard, 2)
         for n, transport_id, extensions in ((1, viewer_id, VIEWER_EXTENSIONS), (2, plain_id, {EXT_MID: 4})):
             await shard.on_request(control.Consume(
                 transport_id=transport_id, consumer_id=f"c{n}", producer_id="h", mid="0", payload_type=96,
