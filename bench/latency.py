@@ -78,7 +78,7 @@ class Node(WhipWhepTarget):
             self.cwd = str(Path(source_dir).resolve())
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.cwd, env.get("PYTHONPATH")]))
         self.argv = [sys.executable, "-m", "sfu", "serve", "--dev", "--http-port", str(self.http_port),
-                     "--rtc-port", str(free_udp_port()), "--shards", "1", "--redis-url", redis_url,
+                     "--rtc-port", str(free_port(socket.SOCK_DGRAM)), "--shards", "1", "--redis-url", redis_url,
                      "--node-id", name, "--log-level", "warning", "--performance-rooms", PERFORMANCE_ROOMS]
         self.env = env
         self.log_path = run_dir / f"node-{name}.log"
@@ -110,12 +110,6 @@ class Node(WhipWhepTarget):
                 await asyncio.wait_for(self.proc.wait(), 10)
             except asyncio.TimeoutError:
                 self.proc.kill()
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -271,7 +265,7 @@ async def run_loopback(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = Path(tempfile.mkdtemp(prefix="latency-bench-"))
     redis = RedisServer(run_dir)
     certs = write_cluster_certs(run_dir / "certs", ["a", "b"])
-    quic_a, quic_b, path_port = free_udp_port(), free_udp_port(), free_udp_port()
+    quic_a, quic_b, path_port = (free_port(socket.SOCK_DGRAM) for _ in range(3))
     a = Node("a", run_dir, redis.url, certs, run_dir / "certs" / "ca.pem", quic_a, source_dir=args.server_src)
     # B is dialled by A through the delay relay: B advertises the relay's port.
     b = Node("b", run_dir, redis.url, certs, run_dir / "certs" / "ca.pem", quic_b, quic_public_port=path_port,

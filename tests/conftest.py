@@ -15,6 +15,8 @@ from typing import Iterator
 
 import pytest
 
+from bench.redis_server import RedisServer
+
 sys.path.insert(0, str(Path(__file__).parent))  # tests/peers.py and friends
 
 
@@ -92,6 +94,14 @@ def stop_server(server: SfuServer, timeout_s: float = 5.0) -> int:
             server.process.kill()
             server.process.wait()
     return server.process.returncode
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, for cluster tests (the directory)."""
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -331,13 +331,15 @@ def read_rtp(data: bytes) -> dict:
     return fields
 
 
-async def shard_transport(shard: Any, n: int) -> str:
+async def shard_transport(shard: Any, n: int, **options: Any) -> str:
     """A WebRTC transport ``t<n>`` made on a real in-process shard, as signalling would ask
-    for it (no peer behind it: tests feed its engine directly)."""
+    for it (no peer behind it: tests feed its engine directly); ``options`` go into the
+    request (``report_rtt=True``)."""
     from sfu import control
 
     transport_id = f"t{n}"
     await shard.on_request(control.CreateWebRtcTransport(
         transport_id=transport_id, room="r", peer_id=transport_id, local_ufrag=f"u{n}", local_pwd="p" * 22,
-        remote_ufrag=f"r{n}", remote_pwd="q" * 22, dtls_role="server", remote_fingerprint=("sha-256", "00")))
+        remote_ufrag=f"r{n}", remote_pwd="q" * 22, dtls_role="server", remote_fingerprint=("sha-256", "00"),
+        **options))
     return transport_id

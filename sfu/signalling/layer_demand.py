@@ -40,7 +40,8 @@ class LayerDemand:
         self.s = signalling
         self.by_shard: dict[int, set[str]] = {}  # producer ids wanted by each shard's viewers
         self.unwanted_since: dict[str, float] = {}  # producer id -> when it stopped being wanted
-        self.told: dict[str, tuple[frozenset[str], bool]] = {}  # session -> (active rids told, heard by someone)
+        # (session, track) -> (the active rids told, whether a client heard it)
+        self.told: dict[tuple[str, str], tuple[frozenset[str], bool]] = {}
         self.paused: dict[int, frozenset[str]] = {}  # shard -> producer ids paused there (as told)
         self.pauses = 0  # layers paused (a count of transitions, for metrics)
 
@@ -93,7 +94,7 @@ class LayerDemand:
                 self.s._spawn(_tell_shard(shard, paused))
 
     def _tell(self, session: "Session", layers: list["ProducerInfo"], active: frozenset[str]) -> None:
-        key = f"{session.id}/{layers[0].track_id}"
+        key = (session.id, layers[0].track_id)
         before = self.told.get(key)
         if before is not None and before[0] == active and before[1]:
             return  # told, and someone heard it
@@ -108,7 +109,7 @@ class LayerDemand:
         self.told[key] = (active, heard)
 
     def session_ended(self, session: "Session") -> None:
-        for key in [k for k in self.told if k.startswith(session.id + "/")]:
+        for key in [k for k in self.told if k[0] == session.id]:
             del self.told[key]
         for p in session.producers:
             self.unwanted_since.pop(p.id, None)

@@ -7,16 +7,8 @@ import aiohttp
 import pytest
 
 import peers
-from bench.redis_server import RedisServer
 from conftest import TEST_SECRET, start_server, stop_server
 from sfu.auth import issue_token
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
 
 
 async def test_replica_forwards_token_requests_to_the_node(tmp_path, redis_server) -> None:

@@ -10,15 +10,7 @@ import aiohttp
 import pytest
 
 import peers
-from bench.redis_server import RedisServer
 from conftest import start_server, stop_server
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
 
 
 async def test_draining_node_sends_its_viewers_to_another_node(tmp_path, redis_server) -> None:

@@ -14,7 +14,6 @@ import pytest
 
 import peers
 from conftest import start_server, stop_server
-from bench.redis_server import RedisServer
 
 
 async def _get(base_url: str, path: str):
@@ -22,13 +21,6 @@ async def _get(base_url: str, path: str):
         async with http.get(base_url + path) as r:
             assert r.status == 200, await r.text()
             return await r.json()
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
 
 
 async def test_publisher_on_a_viewers_on_b_and_a_dies(tmp_path, redis_server) -> None:

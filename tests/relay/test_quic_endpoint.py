@@ -7,6 +7,7 @@ import asyncio
 import socket
 import struct
 
+from conftest import free_port
 from sfu.relay.certs import write_cluster_certs
 from sfu.relay.quic_endpoint import QuicEndpoint, flow_ssrc
 
@@ -17,12 +18,6 @@ def rtp(ssrc: int, seq: int) -> bytes:
 
 def pli(sender: int, media: int) -> bytes:
     return struct.pack("!BBHII", 0x81, 206, 2, sender, media)
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cuttable(asyncio.DatagramProtocol):
@@ -66,7 +61,7 @@ def test_flow_ssrc_names_rtp_and_feedback():
 async def test_media_crosses_feedback_returns_and_a_cut_link_comes_back(tmp_path) -> None:
     certs = write_cluster_certs(tmp_path, ["a", "b"])
     loop = asyncio.get_running_loop()
-    b_port = free_udp_port()
+    b_port = free_port(socket.SOCK_DGRAM)
     # A dials B through a relay it can cut; B listens on b_port.
     cut = Cuttable(("127.0.0.1", b_port))
     cut.transport, _ = await loop.create_datagram_endpoint(lambda: cut, local_addr=("127.0.0.1", 0))
@@ -78,7 +73,7 @@ async def test_media_crosses_feedback_returns_and_a_cut_link_comes_back(tmp_path
                 cut.transport.sendto(data, cut.client)
 
     cut.upstream, _ = await loop.create_datagram_endpoint(Back, local_addr=("127.0.0.1", 0))
-    a = endpoint(tmp_path, certs, "a", free_udp_port())
+    a = endpoint(tmp_path, certs, "a", free_port(socket.SOCK_DGRAM))
     b = endpoint(tmp_path, certs, "b", b_port)
     await a.start()
     await b.start()
@@ -139,9 +134,9 @@ async def test_a_hello_without_the_clusters_key_is_refused(tmp_path) -> None:
     key: B closes the connection, takes none of its media, and sends it none of A's."""
     certs = write_cluster_certs(tmp_path, ["a", "b", "x"])
     loop = asyncio.get_running_loop()
-    a_port, b_port = free_udp_port(), free_udp_port()
+    a_port, b_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
     b = endpoint(tmp_path, certs, "b", b_port)
-    intruder = endpoint(tmp_path, certs, "x", free_udp_port(), key=b"not the cluster's", public_port=a_port)
+    intruder = endpoint(tmp_path, certs, "x", free_port(socket.SOCK_DGRAM), key=b"not the cluster's", public_port=a_port)
     a = endpoint(tmp_path, certs, "a", a_port)
     shard_a, shard_b, shard_x = Shard(), Shard(), Shard()
     ta, _ = await loop.create_datagram_endpoint(lambda: shard_a, local_addr=("127.0.0.1", 0))
@@ -175,7 +170,7 @@ async def test_a_hello_without_the_clusters_key_is_refused(tmp_path) -> None:
 async def test_garbage_on_the_control_stream_is_counted_not_fatal(tmp_path) -> None:
     certs = write_cluster_certs(tmp_path, ["a", "b"])
     loop = asyncio.get_running_loop()
-    a_port, b_port = free_udp_port(), free_udp_port()
+    a_port, b_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
     a, b = endpoint(tmp_path, certs, "a", a_port), endpoint(tmp_path, certs, "b", b_port)
     shard_a, shard_b = Shard(), Shard()
     ta, _ = await loop.create_datagram_endpoint(lambda: shard_a, local_addr=("127.0.0.1", 0))

@@ -13,31 +13,17 @@ import uuid
 import pytest
 
 import peers
-from conftest import start_server, stop_server
-from bench.redis_server import RedisServer
+from conftest import free_port, start_server, stop_server
 from sfu.relay.certs import write_cluster_certs
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def iptables(*args: str) -> None:
     subprocess.run(["iptables", *args], check=True, capture_output=True)
 
 
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
-
-
 async def test_quic_relay_carries_a_room_and_heals_after_a_cut(tmp_path, redis_server) -> None:
     certs = write_cluster_certs(tmp_path / "certs", ["a", "b"])
-    quic = {"a": free_udp_port(), "b": free_udp_port()}
+    quic = {"a": free_port(socket.SOCK_DGRAM), "b": free_port(socket.SOCK_DGRAM)}
 
     def node(name: str):
         (tmp_path / name).mkdir()

@@ -2524,17 +2524,23 @@ def test_temporal_cap_until_switch_is_lifted_at_the_switch(make_rig: Callable[..
     assert drops(e) == {}
 
 
-def test_a_held_layer_sends_nothing_until_the_lower_layers_keyframe(make_rig: Callable[..., Rig]) -> None:
-    """A move down on a congested link: from the decision to the keyframe nothing of the
-    old layer goes out (media or repairs); the stream continues gap-free at the keyframe,
-    and what the old layer sent is never repaired."""
-    rig = make_rig(viewers=1, keyframe_min_interval_s=0.0)
+def _viewer_on_top_layer(rig: Rig) -> tuple[Any, dict[bytes, int], int]:
+    """One viewer receiving the top of two layers, its keyframe and a delta frame sent."""
     e = rig.engine
     _, layers = _two_layers(rig)
     c = e.add_consumer(rig.transport(rig.viewers[0]), layers[b"h"], payload_type=100, ssrc=0x1111,
                        first_seq=1000, first_ts=5000)
     rig.feed(_vp8(500, 90000, 0xA2, True, 300, 7, b"h0"))
     rig.feed(_vp8(501, 93000, 0xA2, False, 301, 7, b"h1"))
+    return e, layers, c
+
+
+def test_a_held_layer_sends_nothing_until_the_lower_layers_keyframe(make_rig: Callable[..., Rig]) -> None:
+    """A move down on a congested link: from the decision to the keyframe nothing of the
+    old layer goes out (media or repairs); the stream continues gap-free at the keyframe,
+    and what the old layer sent is never repaired."""
+    rig = make_rig(viewers=1, keyframe_min_interval_s=0.0)
+    e, layers, c = _viewer_on_top_layer(rig)
     rig.take(rig.publisher)
     e.set_consumer_producer(c, layers[b"l"], hold=True)
     assert plis(rig.take(rig.publisher)) == [(1, 0xA1)]  # the lower layer's keyframe, asked for at once
@@ -2598,12 +2604,7 @@ def test_a_held_switch_paces_the_keyframe_from_an_empty_bucket(make_rig: Callabl
 
 def test_a_held_move_called_off_resumes_at_the_held_layers_keyframe(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig(viewers=1, keyframe_min_interval_s=0.0)
-    e = rig.engine
-    _, layers = _two_layers(rig)
-    c = e.add_consumer(rig.transport(rig.viewers[0]), layers[b"h"], payload_type=100, ssrc=0x1111,
-                       first_seq=1000, first_ts=5000)
-    rig.feed(_vp8(500, 90000, 0xA2, True, 300, 7, b"h0"))
-    rig.feed(_vp8(501, 93000, 0xA2, False, 301, 7, b"h1"))
+    e, layers, c = _viewer_on_top_layer(rig)
     e.set_consumer_producer(c, layers[b"l"], hold=True)
     rig.feed(_vp8(502, 96000, 0xA2, False, 302, 7, b"h2"))   # held
     rig.take(rig.publisher)

@@ -13,17 +13,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from fixtures import shard_transport
 from sfu import control
 from sfu.shard.shard import Shard
-
-
-async def _transport(shard: Shard, n: int, **kwargs: Any) -> str:
-    transport_id = f"t{n}"
-    await shard.on_request(control.CreateWebRtcTransport(
-        transport_id=transport_id, room="r", peer_id=transport_id, local_ufrag=f"u{n}", local_pwd="p" * 22,
-        remote_ufrag=f"r{n}", remote_pwd="q" * 22, dtls_role="server", remote_fingerprint=("sha-256", "00"),
-        **kwargs))
-    return transport_id
 
 
 class _Engine:
@@ -62,8 +54,9 @@ async def test_round_trips_of_the_transports_that_asked_go_to_signalling() -> No
     await shard.listen("127.0.0.1", 0)
     try:
         channel = shard.channel = _Channel()  # type: ignore[assignment]
-        asked, unmeasured = await _transport(shard, 1, report_rtt=True), await _transport(shard, 2, report_rtt=True)
-        silent = await _transport(shard, 3)  # report_rtt defaults to False
+        asked = await shard_transport(shard, 1, report_rtt=True)
+        unmeasured = await shard_transport(shard, 2, report_rtt=True)
+        silent = await shard_transport(shard, 3)  # report_rtt defaults to False
         engine = shard.engine = _Engine(shard.engine)
         shard._report_round_trips()
         assert channel.notes == []  # nothing measured yet: nothing sent
@@ -83,7 +76,7 @@ async def test_produce_and_consume_hand_red_to_the_engine() -> None:
     await shard.listen("127.0.0.1", 0)
     try:
         engine = shard.engine = _Engine(shard.engine)
-        publisher, viewer, plain = [await _transport(shard, n) for n in range(3)]
+        publisher, viewer, plain = [await shard_transport(shard, n) for n in range(3)]
         await shard.on_request(control.Produce(
             transport_id=publisher, producer_id="mic", kind="audio", codec="opus", mid="0", payload_type=111,
             clock_rate=48000, ssrc=1234, red_payload_type=63))
